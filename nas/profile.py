@@ -1,0 +1,341 @@
+"""Profile first: MACs, parameters, flash and peak SRAM from the spec alone, in milliseconds.
+
+The analytic profile walks the same operator graph the TFLite converter emits for a model built by
+:mod:`nas.builder` (BN folded, ReLU / ReLU6 fused into the producing op, hard-swish as its own
+``HARD_SWISH`` op, the squeeze-excite gate as ``ADD(relu6) + MUL``, ...), gives every activation tensor
+its INT8 size and lifetime, and places them with the same greedy planner TensorFlow Lite Micro uses
+(:mod:`nas.arena`). Peak SRAM = that planned activation arena + a calibrated model of TFLM's
+persistent runtime memory. The tests hold the estimate against the real TFLM arena of converted models.
+
+:func:`measure` gives the truth for a converted model: ``.tflite`` size and the arena TFLM allocates.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from nas import arena
+from nas.spec import ArchSpec, Block, make_divisible
+
+# Flatbuffer size model: constant data (int8 weights, int32 biases) plus per-channel quantization tables (a
+# float32 scale and an int64 zero point for each output channel of a weight and of its bias: ~25 B a channel)
+# plus, per activation tensor, its op entry, name, shape, quantization and small constants (~279 B), plus a
+# header. Least-squares fit on 16 converted models (14 random specs, mobilenetv1-vww, tinytracker; TF 2.21):
+# residuals -4.2% .. +2.0% of the file size (bench/fidelity.py tracks it).
+_FLASH_PER_CHANNEL = 25
+_FLASH_PER_TENSOR = 279
+_FLASH_FIXED = 3_557
+
+
+@dataclass(frozen=True)
+class Op:
+    """One operator of the INT8 graph, as the converter will emit it."""
+
+    index: int
+    kind: str                       # TFLite builtin name, e.g. CONV_2D
+    name: str                       # our layer name (block position)
+    inputs: tuple[int, ...]         # activation tensor ids read
+    output: int                     # activation tensor id written
+    shape: tuple[int, ...]          # output shape (no batch)
+    macs: int = 0
+    weights: int = 0                # int8 weight elements
+    biases: int = 0                 # int32 bias elements
+    channels_quant: int = 0         # per-channel quantization entries (conv / depthwise / dense weights)
+
+
+@dataclass(frozen=True)
+class LayerMemory:
+    """Activation memory while one op runs: the bytes of every tensor alive at that op."""
+
+    index: int
+    kind: str
+    name: str
+    shape: tuple[int, ...]
+    macs: int
+    live_bytes: int
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Everything known about a spec before training. All sizes in bytes."""
+
+    spec: str
+    macs: int
+    params: int
+    weight_bytes: int               # int8 weights + int32 biases
+    flash_bytes: int                # estimated .tflite size
+    activation_bytes: int           # TFLM planner's arena head (non-persistent tensors)
+    runtime_overhead_bytes: int     # TFLM's persistent tail (calibrated model)
+    peak_sram_bytes: int            # activation_bytes + runtime_overhead_bytes
+    onchip_bytes: int               # IMX500 model: weights and activations both held on chip
+    peak_layer: int                 # index into ``layers`` with the most live activation memory
+    layers: tuple[LayerMemory, ...] = field(repr=False)
+
+    def to_dict(self, with_layers: bool = False) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        if not with_layers:
+            d.pop("layers")
+        return d
+
+    def limit_values(self, runtime: str) -> dict[str, int]:
+        """The values a constraint file's limits are checked against."""
+        return {"macs": self.macs, "sram_bytes": self.peak_sram_bytes, "flash_bytes": self.flash_bytes,
+                "onchip_bytes": self.onchip_bytes}
+
+
+class _Graph:
+    """Accumulates ops and activation tensors while walking the spec."""
+
+    def __init__(self) -> None:
+        self.ops: list[Op] = []
+        self.sizes: dict[int, int] = {}
+        self.shapes: dict[int, tuple[int, ...]] = {}
+
+    def tensor(self, shape: tuple[int, ...]) -> int:
+        t = len(self.sizes)
+        self.sizes[t] = math.prod(shape)
+        self.shapes[t] = shape
+        return t
+
+    def op(self, kind: str, name: str, inputs: tuple[int, ...], shape: tuple[int, ...], **kw: int) -> int:
+        out = self.tensor(shape)
+        self.ops.append(Op(len(self.ops), kind, name, inputs, out, shape, **kw))
+        return out
+
+    def act(self, t: int, act: str, name: str) -> int:
+        """ReLU / ReLU6 fuse into the producer; hard-swish is an op of its own."""
+        if act == "hswish":
+            return self.op("HARD_SWISH", f"{name}_hswish", (t,), self.shapes[t])
+        return t
+
+    def conv(self, t: int, cout: int, k: int, stride: int, act: str | None, name: str, bias: bool = True) -> int:
+        h, w, cin = self.shapes[t]
+        ho, wo = math.ceil(h / stride), math.ceil(w / stride)
+        out = self.op("CONV_2D", name, (t,), (ho, wo, cout), macs=ho * wo * k * k * cin * cout,
+                      weights=k * k * cin * cout, biases=cout, channels_quant=cout)
+        return self.act(out, act, name) if act else out
+
+    def dw(self, t: int, k: int, stride: int, act: str, name: str) -> int:
+        h, w, c = self.shapes[t]
+        ho, wo = math.ceil(h / stride), math.ceil(w / stride)
+        out = self.op("DEPTHWISE_CONV_2D", name, (t,), (ho, wo, c), macs=ho * wo * k * k * c,
+                      weights=k * k * c, biases=c, channels_quant=c)
+        return self.act(out, act, name)
+
+    def fc(self, t: int, units: int, act: str | None, name: str) -> int:
+        n = math.prod(self.shapes[t])
+        out = self.op("FULLY_CONNECTED", name, (t,), (units,), macs=n * units, weights=n * units, biases=units,
+                      channels_quant=units)
+        return self.act(out, act, name) if act else out
+
+    def squeeze_excite(self, t: int, ratio: float, name: str) -> int:
+        c = self.shapes[t][-1]
+        s = self.op("MEAN", f"{name}_se_pool", (t,), (1, 1, c))
+        s = self.conv(s, make_divisible(c * ratio), 1, 1, "relu", f"{name}_se_reduce")
+        s = self.conv(s, c, 1, 1, None, f"{name}_se_expand")
+        s = self.op("ADD", f"{name}_se_gate_add", (s,), (1, 1, c))      # + 3, ReLU6 fused
+        s = self.op("MUL", f"{name}_se_gate_mul", (s,), (1, 1, c))      # * 1/6
+        return self.op("MUL", f"{name}_se_mul", (t, s), self.shapes[t])
+
+    def block(self, t: int, spec: ArchSpec, b: Block, stride: int, name: str) -> int:
+        cin, cout = self.shapes[t][-1], spec.channels_of(b)
+        if b.kind == "cn":
+            return self.conv(t, cout, b.kernel, stride, b.act, name)
+        if b.kind == "ds":
+            x = self.dw(t, b.kernel, stride, b.act, name)
+            if b.se:
+                x = self.squeeze_excite(x, b.se, name)
+            return self.conv(x, cout, 1, 1, b.act, f"{name}_pw")
+        x = t
+        expanded = make_divisible(cin * b.expansion)
+        if expanded != cin:
+            x = self.conv(x, expanded, 1, 1, b.act, f"{name}_expand")
+        x = self.dw(x, b.kernel, stride, b.act, name)
+        if b.se:
+            x = self.squeeze_excite(x, b.se, name)
+        x = self.conv(x, cout, 1, 1, None, f"{name}_project")
+        if stride == 1 and cin == cout:
+            x = self.op("ADD", f"{name}_add", (t, x), self.shapes[x])
+        return x
+
+
+def graph(spec: ArchSpec) -> tuple[list[Op], dict[int, int], int, int]:
+    """The INT8 operator graph of ``spec``: ops, tensor sizes (bytes), input and output tensor ids."""
+    g = _Graph()
+    inp = g.tensor((spec.resolution, spec.resolution, spec.input_channels))
+    x = inp
+    head = spec.head
+    if head.kind == "gaze" and head.grid_channels:
+        x = g.conv(x, spec.channels, 1, 1, None, "grid_fuse")
+    for i, b in enumerate(spec.blocks):
+        for r in range(b.repeats):
+            x = g.block(x, spec, b, b.stride if r == 0 else 1, f"b{i}_{r}")
+    if head.kind == "classifier":
+        x = g.op("MEAN", "head_pool", (x,), (g.shapes[x][-1],))
+        if head.hidden:
+            x = g.fc(x, head.hidden, head.act, "head_hidden")
+        x = g.fc(x, head.classes, None, "head_logits")
+        x = g.op("SOFTMAX", "head_softmax", (x,), g.shapes[x])
+    else:
+        x = g.conv(x, head.conv_channels, 1, 1, head.act, "head_conv")
+        x = g.op("RESHAPE", "head_flatten", (x,), (math.prod(g.shapes[x]),))
+        if head.hidden:
+            x = g.fc(x, head.hidden, head.act, "head_hidden")
+        x = g.fc(x, 2, None, "head_gaze")
+        x = g.op("TANH", "head_tanh", (x,), (2,))
+        x = g.op("MUL", "head_cm", (x,), (2,))
+    return g.ops, g.sizes, inp, x
+
+
+def buffers(ops: list[Op], sizes: dict[int, int], inp: int, out: int) -> list[arena.Buffer]:
+    """Activation tensors with TFLM lifetimes: produced at their op, alive until their last reader;
+    the model input from the start and the output to the end."""
+    first = {inp: 0}
+    last = {inp: 0}
+    for op in ops:
+        first.setdefault(op.output, op.index)
+        last[op.output] = max(last.get(op.output, op.index), op.index)
+        for t in op.inputs:
+            last[t] = max(last.get(t, 0), op.index)
+    last[out] = len(ops) - 1
+    return [arena.Buffer(size=sizes[t], first_use=first[t], last_use=last[t], tensor_index=t) for t in sizes]
+
+
+def estimate(spec: ArchSpec) -> Profile:
+    """The analytic profile of ``spec`` (no TensorFlow involved; well under a second)."""
+    ops, sizes, inp, out = graph(spec)
+    bufs = buffers(ops, sizes, inp, out)
+    head = arena.plan_arena(bufs)
+    tail = arena.estimate_tail(tail_features(ops, sizes))
+    live = [0] * len(ops)
+    for b in bufs:
+        for i in range(max(b.first_use, 0), b.last_use + 1):
+            live[i] += b.size
+    layers = tuple(LayerMemory(op.index, op.kind, op.name, op.shape, op.macs, live[op.index]) for op in ops)
+    macs = sum(op.macs for op in ops)
+    weights = sum(op.weights for op in ops)
+    biases = sum(op.biases for op in ops)
+    weight_bytes = weights + 4 * biases
+    flash = (weight_bytes + _FLASH_PER_CHANNEL * sum(op.channels_quant for op in ops)
+             + _FLASH_PER_TENSOR * len(sizes) + _FLASH_FIXED)
+    peak_layer = max(range(len(ops)), key=live.__getitem__)
+    return Profile(
+        spec=spec.to_string(), macs=macs, params=weights + biases, weight_bytes=weight_bytes,
+        flash_bytes=flash, activation_bytes=head, runtime_overhead_bytes=tail, peak_sram_bytes=head + tail,
+        onchip_bytes=weight_bytes + head, peak_layer=peak_layer, layers=layers,
+    )
+
+
+def tail_features(ops: list[Op], sizes: dict[int, int]) -> "arena.TailFeatures":
+    """Graph features TFLM's persistent memory depends on (see :func:`nas.arena.estimate_tail`)."""
+    kinds: dict[str, int] = {}
+    for op in ops:
+        kinds[op.kind] = kinds.get(op.kind, 0) + 1
+    n_const = sum(1 + (1 if op.biases else 0) for op in ops if op.weights)
+    return arena.TailFeatures(
+        n_tensors=len(sizes) + n_const, n_ops=len(ops),
+        channels=tuple(op.channels_quant for op in ops if op.channels_quant),
+        op_counts=kinds,
+    )
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Memory of a real converted model: the truth the estimate is held against."""
+
+    tflite_bytes: int
+    tflm_arena_bytes: int
+
+    def to_dict(self) -> dict[str, int]:
+        return dataclasses.asdict(self)
+
+
+def measure(tflite: bytes) -> Measured:
+    """``.tflite`` size and the arena TensorFlow Lite Micro actually allocates for it."""
+    return Measured(tflite_bytes=len(tflite), tflm_arena_bytes=arena.measure_tflm(tflite).arena_bytes)
+
+
+def untrained_int8(spec: ArchSpec, seed: int = 0, samples: int = 8) -> bytes:
+    """INT8 conversion of the untrained QAT model with a random representative set: enough for memory,
+    which depends on the graph and not on the weights' values."""
+    import numpy as np
+    import tf_keras as keras
+
+    from nas import builder, convert
+
+    keras.utils.set_random_seed(seed)
+    model = builder.build_qat(spec)
+    x = np.random.default_rng(seed).random((samples, spec.resolution, spec.resolution, spec.input_channels),
+                                           dtype=np.float32)
+    model(x, training=True)  # one step so the activation quantizers hold real ranges
+    return convert.to_int8(model, x, samples=samples)
+
+
+def measure_spec(spec: ArchSpec, seed: int = 0) -> Measured:
+    return measure(untrained_int8(spec, seed))
+
+
+def report(prof: Profile, target=None) -> dict[str, Any]:
+    """The profile as one JSON-ready record, with the target's limits, latency and energy when given."""
+    peak = prof.layers[prof.peak_layer]
+    out: dict[str, Any] = {
+        "spec": prof.spec, "macs": prof.macs, "params": prof.params, "weight_bytes": prof.weight_bytes,
+        "flash_bytes": prof.flash_bytes, "activation_bytes": prof.activation_bytes,
+        "runtime_overhead_bytes": prof.runtime_overhead_bytes, "peak_sram_bytes": prof.peak_sram_bytes,
+        "onchip_bytes": prof.onchip_bytes,
+        "peak_layer": {"index": peak.index, "op": peak.kind, "name": peak.name, "shape": list(peak.shape),
+                       "live_bytes": peak.live_bytes},
+        "target": None, "latency_ms": None, "inference_ms": None, "energy_mj": None, "limits": [], "fits": None,
+    }
+    if target is not None:
+        values = {**prof.limit_values(target.runtime), "latency_ms": target.latency_ms(prof.macs),
+                  "energy_mj": target.energy_mj(prof.macs)}
+        checks = target.check(values)
+        out.update(
+            target={"name": target.name, "runtime": target.runtime, "path": target.path},
+            latency_ms=values["latency_ms"], inference_ms=target.inference_ms(prof.macs),
+            energy_mj=values["energy_mj"],
+            limits=[{"name": c.name, "value": c.value, "limit": c.limit, "unit": c.unit,
+                     "headroom": c.headroom, "ok": c.ok} for c in checks],
+            fits=all(c.ok for c in checks),
+        )
+    return out
+
+
+def _human(value: float, unit: str) -> str:
+    if unit in ("B", "bytes"):
+        return f"{value / 1024:,.1f} KB"
+    if unit == "MACs":
+        return f"{value / 1e6:,.2f} M"
+    return f"{value:,.3f} {unit}"
+
+
+def format_report(rep: dict[str, Any], prof: Profile) -> str:
+    """A readable table of :func:`report` (the CLI's default output)."""
+    peak = rep["peak_layer"]
+    lines = [
+        f"spec        {rep['spec']}",
+        f"MACs        {rep['macs']:,}",
+        f"params      {rep['params']:,}",
+        f"flash       {_human(rep['flash_bytes'], 'bytes')} (estimated .tflite; weights {_human(rep['weight_bytes'], 'bytes')})",
+        f"peak SRAM   {_human(rep['peak_sram_bytes'], 'bytes')} (activations {_human(rep['activation_bytes'], 'bytes')}"
+        f" + TFLM runtime {_human(rep['runtime_overhead_bytes'], 'bytes')})",
+        f"peak layer  #{peak['index']} {peak['name']} ({peak['op']}, out {'x'.join(map(str, peak['shape']))}):"
+        f" {_human(peak['live_bytes'], 'bytes')} live",
+    ]
+    if rep.get("measured"):
+        m = rep["measured"]
+        lines.append(f"measured    .tflite {m['tflite_bytes']:,} B, TFLM arena {m['tflm_arena_bytes']:,} B")
+    if rep["target"]:
+        t = rep["target"]
+        lines += ["", f"target      {t['name']} ({t['runtime']}, {t['path']})",
+                  f"latency     {rep['latency_ms']:.3f} ms end to end ({rep['inference_ms']:.3f} ms inference)",
+                  f"energy      {rep['energy_mj']:.4f} mJ per inference", "",
+                  f"{'limit':<12}{'value':>16}{'limit':>16}{'headroom':>16}  result"]
+        for c in rep["limits"]:
+            lines.append(f"{c['name']:<12}{_human(c['value'], c['unit']):>16}{_human(c['limit'], c['unit']):>16}"
+                         f"{_human(c['headroom'], c['unit']):>16}  {'pass' if c['ok'] else 'FAIL'}")
+        lines.append(f"\nfits        {'yes' if rep['fits'] else 'NO'}")
+    return "\n".join(lines)
