@@ -350,6 +350,9 @@ def scratch_requests(graph: GraphInfo, subgraph: int, op: OpInfo) -> list[int]:
       unpack the filter, one byte per weight;
     * ``TRANSPOSE_CONV`` with int8 / int16 input: an int32 / int64 accumulator per output element.
 
+    MEAN and REDUCE_MAX were probed against the runtime; the INT4 and TRANSPOSE_CONV rules are read
+    from the kernel sources only (no such model was measured).
+
     CONV_2D, DEPTHWISE_CONV_2D, FULLY_CONNECTED (int8 weights), ADD, MUL, SOFTMAX, pooling, PAD,
     RESHAPE, CONCATENATION, activations and (DE)QUANTIZE request none. CMSIS-NN builds (real Arm
     targets) request im2col-style scratch for convolutions as well; that is not modelled here.
@@ -385,7 +388,7 @@ def buffers_from_graph(graph: GraphInfo) -> list[Buffer]:
     Port of ``AllocationInfoBuilder`` (micro_allocation_info.cc) and ``CreatePlan``:
 
     * every tensor of every subgraph gets an allocation-info slot (subgraph 0's tensors first), then
-      one slot per scratch buffer request, in request (= operator) order;
+      one slot per scratch buffer request, in request (= ``Prepare``) order;
     * a tensor needs arena space when it has no serialized data, is not a variable (those go to the
       tail) and has a non-zero byte length;
     * the allocation scope counter starts at 0; graph inputs and outputs are "created" at the scope
@@ -405,7 +408,7 @@ def buffers_from_graph(graph: GraphInfo) -> list[Buffer]:
         total += len(sg.tensors)
     first = [-1] * total
     last = [-1] * total
-    scratch: list[tuple[int, int, int]] = []  # (bytes, first, last)
+    scratch: list[tuple[int, int, int, int, int]] = []  # (subgraph, op, bytes, first, last)
     scope = 0
 
     def mark(s: int) -> None:
@@ -415,7 +418,7 @@ def buffers_from_graph(graph: GraphInfo) -> list[Buffer]:
         for t in sg.inputs + sg.outputs:
             first[base + t] = scope
             last[base + t] = scope
-        for op in sg.ops:
+        for op_index, op in enumerate(sg.ops):
             scope += 1
             for t in op.outputs:
                 first[base + t] = scope
@@ -430,7 +433,7 @@ def buffers_from_graph(graph: GraphInfo) -> list[Buffer]:
             for t in op.outputs:
                 last[base + t] = scope
             for nbytes in scratch_requests(graph, s, op):
-                scratch.append((nbytes, start, scope))
+                scratch.append((s, op_index, nbytes, start, scope))
         for t in sg.outputs:
             last[base + t] = scope
 
@@ -443,7 +446,9 @@ def buffers_from_graph(graph: GraphInfo) -> list[Buffer]:
                 continue
             buffers.append(Buffer(t.nbytes, first[base + t.index], last[base + t.index], base + t.index,
                                   name=f"t{t.index}" if s == 0 else f"sg{s}/t{t.index}"))
-    for k, (nbytes, f, l) in enumerate(scratch):
+    # Requests are numbered in Prepare order (subgraph by subgraph, op by op), not planning order.
+    scratch.sort(key=lambda r: (r[0], r[1]))
+    for k, (_, _, nbytes, f, l) in enumerate(scratch):
         buffers.append(Buffer(nbytes, f, l, total + k, name=f"scratch{k}"))
     return buffers
 

@@ -101,13 +101,13 @@ def _act(x, act: str, name: str):
 
 def _conv_bn(x, filters: int, kernel: int, stride: int, act: str | None, name: str):
     x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-3, name=f"{name}_bn")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name=f"{name}_bn")(x)
     return _act(x, act, name) if act else x
 
 
 def _dw_bn(x, kernel: int, stride: int, act: str, name: str):
     x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
-    x = keras.layers.BatchNormalization(momentum=0.99, epsilon=1e-3, name=f"{name}_dwbn")(x)
+    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name=f"{name}_dwbn")(x)
     return _act(x, act, f"{name}_dw")
 
 

@@ -200,7 +200,16 @@ def buffers(ops: list[Op], sizes: dict[int, int], inp: int, out: int) -> list[ar
         for t in op.inputs:
             last[t] = max(last.get(t, 0), op.index)
     last[out] = len(ops) - 1
-    return [arena.Buffer(size=sizes[t], first_use=first[t], last_use=last[t], tensor_index=t) for t in sizes]
+    bufs = [arena.Buffer(size=sizes[t], first_use=first[t], last_use=last[t], tensor_index=t) for t in sizes]
+    # int8 MEAN asks TFLM for scratch while it runs: int32 sums per output element plus two small index
+    # arrays (nas.arena.scratch_requests); scratch buffers are numbered after all tensors.
+    scratch_index = 1 << 20
+    for op in ops:
+        if op.kind == "MEAN":
+            for size in (4 * math.prod(op.shape), 4 * 4, 4 * 2):  # sums; input rank 4; two axes (H, W)
+                bufs.append(arena.Buffer(size=size, first_use=op.index, last_use=op.index, tensor_index=scratch_index))
+                scratch_index += 1
+    return bufs
 
 
 def estimate(spec: ArchSpec) -> Profile:
@@ -247,14 +256,23 @@ class Measured:
 
     tflite_bytes: int
     tflm_arena_bytes: int
+    imx500_bytes: int  # IMX500 memory model on the real graph: constant data + planned activations
+
+    def memory_bytes(self, runtime: str) -> int:
+        """The memory that counts on this runtime: the TFLM arena, or the IMX500's on-chip total."""
+        return self.imx500_bytes if runtime == "imx500" else self.tflm_arena_bytes
 
     def to_dict(self) -> dict[str, int]:
         return dataclasses.asdict(self)
 
 
 def measure(tflite: bytes) -> Measured:
-    """``.tflite`` size and the arena TensorFlow Lite Micro actually allocates for it."""
-    return Measured(tflite_bytes=len(tflite), tflm_arena_bytes=arena.measure_tflm(tflite).arena_bytes)
+    """``.tflite`` size, the arena TensorFlow Lite Micro actually allocates for it, and the IMX500 memory
+    model (weights and activations both held on chip) evaluated on the converted graph."""
+    graph = arena.read_graph(tflite)
+    constants = sum(t.nbytes for t in graph.main.tensors if t.is_constant)
+    return Measured(tflite_bytes=len(tflite), tflm_arena_bytes=arena.measure_tflm(tflite).arena_bytes,
+                    imx500_bytes=constants + arena.plan_arena(arena.buffers_from_graph(graph)))
 
 
 def untrained_int8(spec: ArchSpec, seed: int = 0, samples: int = 8) -> bytes:

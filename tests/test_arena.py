@@ -249,7 +249,6 @@ def generated_models() -> dict[str, bytes]:
     tf = pytest.importorskip("tensorflow")
     keras = pytest.importorskip("tf_keras")
     L = keras.layers
-    keras.utils.set_random_seed(0)
     out: dict[str, bytes] = {}
 
     # MobileNetV1-like: separable blocks, global average pooling, softmax; int8 I/O.

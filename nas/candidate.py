@@ -1,0 +1,122 @@
+"""One candidate, end to end: the only bridge between the search and TensorFlow.
+
+``evaluate(spec, ...)`` trains with INT8 QAT, converts to a full-integer TFLite model, evaluates that
+INT8 model, measures its real memory and writes everything a bundle needs into ``out_dir``. It returns
+plain JSON-ready data; no Optuna object comes in and no TensorFlow object goes out.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from nas.spec import ArchSpec
+from nas.train import Budget, TrainingError
+
+__all__ = ["Budget", "CandidateError", "evaluate", "load_dataset"]
+
+log = logging.getLogger(__name__)
+
+
+class CandidateError(RuntimeError):
+    """A candidate failed (NaN loss, conversion error, out of memory...); the reason is the message."""
+
+
+@functools.lru_cache(maxsize=4)
+def load_dataset(name_or_path: str, seed: int):
+    """Data sets are loaded once per worker process, not once per candidate."""
+    from nas import data
+
+    return data.load(name_or_path, seed=seed)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, seed: int = 0,
+             target=None, verbose: int = 0) -> dict[str, Any]:
+    """Train, convert, evaluate as INT8 and measure one candidate; write its files to ``out_dir``.
+
+    Files: ``model_int8.tflite``, ``model_qat.h5`` (the trained Keras QAT model), ``spec.json`` and
+    ``metrics.json`` (written last: its presence marks a finished candidate).
+    """
+    from nas import builder, convert, profile, train
+    from nas import data as data_mod
+
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(str(dataset), seed)
+    spec = train.adapt(spec, ds)
+    (out_dir / "spec.json").write_text(json.dumps({"spec": spec.to_string(), "arch": spec.to_dict()}, indent=1))
+    try:
+        trained = train.train_qat(spec, ds, budget, seed=seed, verbose=verbose)
+    except TrainingError as e:
+        raise CandidateError(str(e)) from e
+    except Exception as e:  # noqa: BLE001 - e.g. ResourceExhaustedError; the search must go on
+        raise CandidateError(f"training failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+    timings = dict(trained.timings)
+
+    grid = ds.grid_channels
+    x_train = data_mod.prepare(ds.train, spec.resolution, spec.channels, grid)
+    x_test = data_mod.prepare(ds.test, spec.resolution, spec.channels, grid)
+    t0 = time.perf_counter()
+    try:
+        tflite = convert.to_int8(trained.model, x_train, samples=100)
+    except Exception as e:  # noqa: BLE001
+        raise CandidateError(f"INT8 conversion failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+    timings["convert"] = time.perf_counter() - t0
+    _write_atomic(out_dir / "model_int8.tflite", tflite)
+    with __import__("tensorflow_model_optimization").quantization.keras.quantize_scope(builder.CUSTOM_OBJECTS):
+        trained.model.save(out_dir / "model_qat.h5", include_optimizer=False)
+
+    t0 = time.perf_counter()
+    int8_metric = train.metric_value(ds.task, ds.test.y, convert.predict_int8(tflite, x_test))
+    timings["evaluate"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    measured = profile.measure(tflite)
+    est = profile.estimate(spec)
+    timings["measure"] = time.perf_counter() - t0
+
+    runtime = target.runtime if target is not None else "tflm"
+    metrics: dict[str, Any] = {
+        "spec": spec.to_string(),
+        "dataset": str(dataset),
+        "task": ds.task,
+        "class_names": list(ds.class_names),
+        "metric_name": trained.metric_name,
+        "higher_is_better": trained.higher_is_better,
+        "float_metric": trained.float_metric,
+        "pretrain_float_metric": trained.pretrain_float_metric,
+        "int8_metric": int8_metric,
+        "quantization_delta": int8_metric - trained.float_metric,
+        "epochs_run": trained.epochs_run,
+        "tflite_bytes": measured.tflite_bytes,
+        "tflm_arena_bytes": measured.tflm_arena_bytes,
+        "imx500_bytes": measured.imx500_bytes,
+        "measured_memory_bytes": measured.memory_bytes(runtime),
+        "estimated_memory_bytes": est.onchip_bytes if runtime == "imx500" else est.peak_sram_bytes,
+        "estimated_flash_bytes": est.flash_bytes,
+        "macs": est.macs,
+        "params": est.params,
+        "input_quantization": convert.input_quantization(tflite),
+        "budget": budget.to_dict(),
+        "seed": seed,
+        "history": trained.history,
+        "timings": {k: round(v, 3) for k, v in timings.items()},
+    }
+    if target is not None:
+        metrics.update(target=target.name, runtime=runtime, latency_ms=target.latency_ms(est.macs),
+                       inference_ms=target.inference_ms(est.macs), energy_mj=target.energy_mj(est.macs))
+    metrics["seconds"] = round(time.perf_counter() - t_start, 3)
+    _write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
+    log.info("%s: %s INT8 %.4f (float %.4f), arena %d B, %.1f s", spec.to_string()[:60], trained.metric_name,
+             int8_metric, trained.float_metric, measured.tflm_arena_bytes, metrics["seconds"])
+    return metrics

@@ -1,0 +1,523 @@
+"""Reading a search run: the one module through which ``nas pareto``, export and the app see a run.
+
+A run directory (written by :mod:`nas.search`) holds ``run.yaml`` (what was asked), copies of the constraint
+and search-space files, the data set's description, the Optuna storage (``study.db`` unless the run uses
+PostgreSQL) and ``trials/<n>/`` with each trained candidate's INT8 model and metrics. This module turns the
+study's trials into plain :class:`TrialRecord` rows, so every consumer agrees on what a trial's figures are
+(which memory is "the" memory, what counts as feasible) and on which trials are Pareto-optimal.
+
+The Pareto front is computed here, not with Optuna's ``best_trials`` (quadratic in the number of trials): a
+lexicographic sort followed by a sweep (:func:`pareto_mask`), O(n log n) for two and three objectives.
+
+What a trial's ``status`` means (``nas.search`` writes it as a user attribute):
+
+==============  ==============================================================================================
+``trained``     trained, converted, evaluated as INT8 and measured (Optuna state COMPLETE); ``feasible`` says
+                whether the *measured* memory and flash also fit the target
+``rejected``    the analytic profile broke a limit; never trained, no files, no training time (PRUNED)
+``failed``      training / conversion / evaluation raised; ``reason`` says why (FAIL)
+``interrupted`` cut off by a killed or stopped worker; marked FAIL on resume (FAIL)
+``unused``      sampled when other workers had already used up the budget; not trained (FAIL)
+``running``     in progress (RUNNING)
+==============  ==============================================================================================
+"""
+from __future__ import annotations
+
+import bisect
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import yaml
+
+from nas.errors import UserError
+
+RUN_FILE = "run.yaml"
+RUN_FORMAT = 1
+STUDY_DB = "study.db"
+TRIALS_DIR = "trials"
+MODEL_FILE = "model_int8.tflite"
+RUN_ID_ATTR = "tinynas_run_id"
+BUDGET_ATTR = "budget"
+STATUSES = ("trained", "rejected", "failed", "interrupted", "unused", "running")
+# Which statuses use up the trial budget: a trained or failed candidate cost its training time. Rejected
+# candidates cost milliseconds; interrupted and unused ones are run again.
+BUDGET_STATUSES = ("trained", "failed")
+METRICS = {"classification": ("accuracy", True), "gaze": ("gaze_error_cm", False)}
+
+
+def metric_for(task: str) -> tuple[str, bool]:
+    """The task metric and whether higher is better (``accuracy`` up, ``gaze_error_cm`` down)."""
+    return METRICS[task]
+
+
+# --------------------------------------------------------------------------------------------- rows
+
+
+@dataclass(frozen=True)
+class TrialRecord:
+    """One trial as plain data. Sizes in bytes, latency in ms, energy in mJ, times in seconds."""
+
+    number: int
+    status: str
+    state: str                              # Optuna's state name
+    spec: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    metric_name: str | None = None
+    int8_metric: float | None = None
+    float_metric: float | None = None
+    memory_bytes: int | None = None         # measured: TFLM arena (tflm) or IMX500 memory model (imx500)
+    estimated_memory_bytes: int | None = None
+    tflm_arena_bytes: int | None = None
+    tflite_bytes: int | None = None
+    estimated_flash_bytes: int | None = None
+    macs: int | None = None
+    params_count: int | None = None
+    latency_ms: float | None = None
+    energy_mj: float | None = None
+    feasible: bool = False                  # trained and every limit met with measured values
+    constraints: dict[str, float] = field(default_factory=dict)  # (value - limit) / limit; > 0 is a violation
+    violations: list[str] = field(default_factory=list)           # names of limits broken
+    reason: str | None = None
+    train_seconds: float = 0.0              # time spent on the candidate (0 for rejected ones)
+    timings: dict[str, float] = field(default_factory=dict)
+    model_path: str | None = None           # the INT8 .tflite, when it exists
+    trial_dir: str | None = None
+    worker: dict[str, Any] = field(default_factory=dict)
+    started: str | None = None
+    finished: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def objectives(self) -> tuple[float | None, int | None, float | None]:
+        """The search's objectives: INT8 metric, measured memory, energy per inference."""
+        return self.int8_metric, self.memory_bytes, self.energy_mj
+
+
+def status_of(state: str, attrs: dict[str, Any]) -> str:
+    """The trial's status from its Optuna state and the status ``nas.search`` recorded.
+
+    A FAIL trial whose recorded status is still ``training`` (or nothing) was cut off before it could say
+    otherwise: a worker was killed, and Optuna's heartbeat or ``--resume`` marked it failed.
+    """
+    said = attrs.get("status")
+    if state == "RUNNING":
+        return "running"
+    if state == "COMPLETE":
+        return "trained"
+    if state == "PRUNED":
+        return "rejected"
+    if said in ("failed", "unused", "interrupted"):
+        return said
+    return "interrupted"
+
+
+def record_from_trial(trial: Any, run_dir: Path | None = None) -> TrialRecord:
+    """A :class:`TrialRecord` from an Optuna ``FrozenTrial`` (the only place that reads trial attributes)."""
+    attrs = dict(trial.user_attrs)
+    state = trial.state.name
+    status = status_of(state, attrs)
+    est = attrs.get("estimate") or {}
+    metrics = attrs.get("metrics") or {}
+    constraints = {k: float(v) for k, v in trial.constraints.items()}
+    violations = sorted(k for k, v in constraints.items() if v > 0)
+    trial_dir = attrs.get("trial_dir")
+    model = None
+    if trial_dir and run_dir is not None and status == "trained":
+        path = Path(run_dir) / trial_dir / MODEL_FILE
+        model = str(path) if path.is_file() else None
+    timings = metrics.get("timings") or {}
+    return TrialRecord(
+        number=trial.number, status=status, state=state, spec=attrs.get("spec"), params=dict(trial.params),
+        metric_name=metrics.get("metric_name"), int8_metric=_num(metrics.get("int8_metric")),
+        float_metric=_num(metrics.get("float_metric")),
+        memory_bytes=_int(metrics.get("measured_memory_bytes")),
+        estimated_memory_bytes=_int(est.get("memory_bytes")),
+        tflm_arena_bytes=_int(metrics.get("tflm_arena_bytes")), tflite_bytes=_int(metrics.get("tflite_bytes")),
+        estimated_flash_bytes=_int(est.get("flash_bytes")), macs=_int(est.get("macs")),
+        params_count=_int(est.get("params")), latency_ms=_num(est.get("latency_ms")),
+        energy_mj=_num(est.get("energy_mj")),
+        feasible=status == "trained" and not violations, constraints=constraints, violations=violations,
+        reason=attrs.get("reason"), train_seconds=float(metrics.get("seconds") or 0.0),
+        timings={k: float(v) for k, v in timings.items()}, model_path=model, trial_dir=trial_dir,
+        worker=dict(attrs.get("worker") or {}),
+        started=trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
+        finished=trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
+    )
+
+
+def _num(v: Any) -> float | None:
+    return None if v is None else float(v)
+
+
+def _int(v: Any) -> int | None:
+    return None if v is None else int(v)
+
+
+# --------------------------------------------------------------------------------------------- Pareto
+
+
+def pareto_mask(points: Any) -> np.ndarray:
+    """Which rows of ``points`` (n x k, every column minimised) no other row dominates.
+
+    Row a dominates row b when a <= b in every column and a < b in one. Identical rows do not dominate each
+    other, so duplicates of a front point are all on the front. Rows with NaN are never on it.
+
+    Sort-based: after a lexicographic sort no row can be dominated by a later one, so one sweep decides each
+    row against the front found so far. k = 1: the minima; k = 2: a running minimum (O(n log n));
+    k = 3: a staircase of the front's (2nd, 3rd) coordinates searched with bisection (O(n log n) plus list
+    edits); k > 3: each row checked against the current front with one vectorised comparison.
+    """
+    pts = np.asarray(points, dtype=float)
+    if pts.ndim != 2:
+        raise ValueError(f"pareto_mask expects an n x k array, got shape {pts.shape}")
+    n, k = pts.shape
+    mask = np.zeros(n, dtype=bool)
+    if n == 0 or k == 0:
+        return mask if k else np.ones(n, dtype=bool)
+    valid = ~np.isnan(pts).any(axis=1)
+    if not valid.any():
+        return mask
+    sub = pts[valid]
+    uniq, inverse = np.unique(sub, axis=0, return_inverse=True)  # lexicographically sorted unique rows
+    inverse = np.asarray(inverse).reshape(-1)
+    if k == 1:
+        front = uniq[:, 0] == uniq[0, 0]
+    elif k == 2:
+        front = _front_2d(uniq)
+    elif k == 3:
+        front = _front_3d(uniq)
+    else:
+        front = _front_kd(uniq)
+    mask[np.flatnonzero(valid)] = front[inverse]
+    return mask
+
+
+def _front_2d(u: np.ndarray) -> np.ndarray:
+    """Unique rows sorted by (a, b): a row is on the front iff its b is below every earlier row's b."""
+    prev_min = np.minimum.accumulate(np.concatenate([[np.inf], u[:-1, 1]]))
+    return u[:, 1] < prev_min
+
+
+def _front_3d(u: np.ndarray) -> np.ndarray:
+    """Unique rows sorted by (a, b, c). Every earlier row has a <= this a, so this row is dominated iff an
+    earlier front row has b <= this b and c <= this c. The front's (b, c) pairs are kept as a staircase
+    (b increasing, c decreasing); the entry with the largest b <= this b has the smallest such c."""
+    bs: list[float] = []
+    cs: list[float] = []
+    out = np.zeros(len(u), dtype=bool)
+    for i, (_, b, c) in enumerate(u):
+        j = bisect.bisect_right(bs, b) - 1
+        if j >= 0 and cs[j] <= c:
+            continue
+        out[i] = True
+        lo = bisect.bisect_left(bs, b)
+        hi = lo
+        while hi < len(bs) and cs[hi] >= c:
+            hi += 1
+        bs[lo:hi] = [b]
+        cs[lo:hi] = [c]
+    return out
+
+
+def _front_kd(u: np.ndarray) -> np.ndarray:
+    """Unique rows in lexicographic order, each compared (vectorised) with the front so far."""
+    out = np.zeros(len(u), dtype=bool)
+    front = np.empty((0, u.shape[1]))
+    for i, row in enumerate(u):
+        if len(front) and np.any(np.all(front <= row, axis=1)):
+            continue  # rows are unique, so <= everywhere means < somewhere
+        out[i] = True
+        front = np.vstack([front, row])
+    return out
+
+
+# --------------------------------------------------------------------------------------------- a run
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Counts and bests of a run (what the progress bar and the end-of-run report show)."""
+
+    budget: int
+    trained: int
+    feasible: int
+    rejected: int
+    failed: int
+    interrupted: int
+    unused: int
+    running: int
+    metric_name: str
+    higher_is_better: bool
+    best_metric: float | None
+    best_memory_bytes: int | None
+    best_energy_mj: float | None
+    train_seconds: float
+    pareto: int
+
+    @property
+    def used(self) -> int:
+        """Trials that used up budget: trained plus failed."""
+        return self.trained + self.failed
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["used"] = self.used
+        return d
+
+
+def summarize(records: Sequence[TrialRecord], budget: int, metric_name: str, higher_is_better: bool) -> Summary:
+    """Counts by status, the best value of each objective among feasible trials, and the front's size."""
+    count = {s: 0 for s in STATUSES}
+    for r in records:
+        count[r.status] += 1
+    feasible = [r for r in records if r.feasible]
+    metrics = [r.int8_metric for r in feasible if r.int8_metric is not None]
+    best = (max(metrics) if higher_is_better else min(metrics)) if metrics else None
+    mems = [r.memory_bytes for r in feasible if r.memory_bytes is not None]
+    energies = [r.energy_mj for r in feasible if r.energy_mj is not None]
+    return Summary(
+        budget=budget, trained=count["trained"], feasible=len(feasible), rejected=count["rejected"],
+        failed=count["failed"], interrupted=count["interrupted"], unused=count["unused"], running=count["running"],
+        metric_name=metric_name, higher_is_better=higher_is_better, best_metric=best,
+        best_memory_bytes=min(mems) if mems else None, best_energy_mj=min(energies) if energies else None,
+        train_seconds=sum(r.train_seconds for r in records),
+        pareto=len(pareto_front(records, higher_is_better)),
+    )
+
+
+def pareto_front(records: Iterable[TrialRecord], higher_is_better: bool) -> list[TrialRecord]:
+    """The Pareto-optimal *feasible* trained trials (metric, measured memory, energy), best metric first."""
+    rows = [r for r in records if r.feasible and None not in r.objectives()]
+    if not rows:
+        return []
+    sign = -1.0 if higher_is_better else 1.0
+    pts = np.array([[sign * r.int8_metric, r.memory_bytes, r.energy_mj] for r in rows], dtype=float)
+    mask = pareto_mask(pts)
+    front = [r for r, keep in zip(rows, mask) if keep]
+    return sorted(front, key=lambda r: (sign * r.int8_metric, r.memory_bytes, r.energy_mj, r.number))
+
+
+def storage_url(run_dir: Path, config: dict[str, Any], override: str | None = None) -> str:
+    """The storage URL of a run: ``override`` (e.g. with a password), else run.yaml's, else its ``study.db``."""
+    if override:
+        return override
+    url = config.get("storage")
+    if url:
+        return str(url)
+    return f"sqlite:///{(Path(run_dir) / STUDY_DB).resolve()}"
+
+
+def read_config(run_dir: Path | str) -> dict[str, Any]:
+    """``run.yaml`` of a run directory; a :class:`UserError` when ``run_dir`` is not one."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise UserError(str(run_dir), "", "an existing run directory (made by nas search); no such directory")
+    file = path / RUN_FILE
+    if not file.is_file():
+        raise UserError(str(run_dir), RUN_FILE, "a run directory made by nas search; it has no run.yaml")
+    try:
+        config = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise UserError(str(file), "", f"a readable run.yaml ({str(e).splitlines()[0]})") from None
+    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT or not config.get("study_name"):
+        raise UserError(str(file), "format", f"a tinynas run file (format {RUN_FORMAT} with a study_name)")
+    return config
+
+
+def _load_study(url: str, name: str, source: str) -> Any:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if url.startswith("sqlite:///"):
+        db = Path(url[len("sqlite:///"):])
+        if not db.is_file():
+            raise UserError(source, STUDY_DB, f"the run's study database {db}; it is missing")
+    try:
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
+        return optuna.load_study(study_name=name, storage=storage)
+    except KeyError:
+        raise UserError(source, "study_name", f"a study named '{name}' in {redact(url)}; there is none") from None
+    except Exception as e:  # noqa: BLE001 - connection errors from SQLAlchemy / psycopg2
+        if isinstance(e, UserError):
+            raise
+        raise UserError(source, "storage", f"a reachable storage at {redact(url)} "
+                                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
+
+
+def _engine_kwargs(url: str) -> dict[str, Any]:
+    """SQLite: wait for locks instead of failing when several workers write at once."""
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    return {"pool_pre_ping": True}
+
+
+def redact(url: str) -> str:
+    """A storage URL without its password (safe to print and to keep in run.yaml)."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        u = make_url(url)
+        if u.password is None:
+            return url
+        return u.set(password=None).render_as_string(hide_password=False)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as is (it has no password we can find)
+        return url
+
+
+class Run:
+    """A run directory opened for reading. ``storage`` overrides run.yaml's URL (e.g. one with a password)."""
+
+    def __init__(self, run_dir: Path | str, storage: str | None = None) -> None:
+        self.path = Path(run_dir).resolve()
+        self.config = read_config(self.path)
+        self.url = storage_url(self.path, self.config, storage)
+        self._study: Any = None
+
+    # -- what was asked ---------------------------------------------------------------------------
+    @property
+    def study_name(self) -> str:
+        return str(self.config["study_name"])
+
+    @property
+    def run_id(self) -> str:
+        return str(self.config["run_id"])
+
+    @property
+    def budget(self) -> int:
+        return int(self.config["trials"])
+
+    @property
+    def task(self) -> str:
+        return str(self.config["task"])
+
+    @property
+    def metric(self) -> tuple[str, bool]:
+        return metric_for(self.task)
+
+    def target(self) -> Any:
+        """The target the run was checked against (its copy of the constraint file)."""
+        from nas.hardware import load_target
+
+        return load_target(str(self.path / "constraints.yaml"))
+
+    def space(self) -> Any:
+        from nas.space import load_space
+
+        return load_space(str(self.path / "space.yaml"))
+
+    def dataset_description(self) -> dict[str, Any]:
+        return json.loads((self.path / "dataset.json").read_text())
+
+    # -- the study ----------------------------------------------------------------------------------
+    def study(self) -> Any:
+        """The Optuna study, checked to belong to this run directory."""
+        if self._study is None:
+            study = _load_study(self.url, self.study_name, str(self.path))
+            owner = study.user_attrs.get(RUN_ID_ATTR)
+            if owner != self.run_id:
+                raise UserError(str(self.path), RUN_FILE, f"the study '{self.study_name}' of this run; the study "
+                                f"with that name in {redact(self.url)} belongs to another run (run id {owner})")
+            self._study = study
+        return self._study
+
+    def frozen_trials(self) -> list[Any]:
+        return self.study().get_trials(deepcopy=False)
+
+    def trials(self) -> list[TrialRecord]:
+        """Every trial, in trial-number order."""
+        return [record_from_trial(t, self.path) for t in sorted(self.frozen_trials(), key=lambda t: t.number)]
+
+    def table(self, records: Sequence[TrialRecord] | None = None) -> list[dict[str, Any]]:
+        """Trials as rows of plain values (a list of dicts: ``pandas.DataFrame(run.table())`` works)."""
+        rows = []
+        for r in records if records is not None else self.trials():
+            d = r.to_dict()
+            d.update({f"param_{k}": v for k, v in d.pop("params").items()})
+            d["constraints"] = json.dumps(d["constraints"], sort_keys=True)
+            d["violations"] = ",".join(d["violations"])
+            d.pop("timings")
+            d.pop("worker")
+            rows.append(d)
+        return rows
+
+    def pareto(self, records: Sequence[TrialRecord] | None = None) -> list[TrialRecord]:
+        return pareto_front(records if records is not None else self.trials(), self.metric[1])
+
+    def summary(self, records: Sequence[TrialRecord] | None = None) -> Summary:
+        name, higher = self.metric
+        return summarize(records if records is not None else self.trials(), self.budget, name, higher)
+
+
+def open_run(run_dir: Path | str, storage: str | None = None) -> Run:
+    """Open a run directory and its study (a :class:`UserError` when it is not a run or not this run's study)."""
+    run = Run(run_dir, storage)
+    run.study()
+    return run
+
+
+def pareto_report(run: Run) -> dict[str, Any]:
+    """What ``nas pareto --json`` prints: the run, its summary and its Pareto-optimal feasible trials."""
+    records = run.trials()
+    front = run.pareto(records)
+    name, higher = run.metric
+    return {
+        "run_dir": str(run.path),
+        "study": run.study_name,
+        "target": run.config.get("target", {}).get("name"),
+        "dataset": run.config.get("dataset"),
+        "metric_name": name,
+        "higher_is_better": higher,
+        "summary": run.summary(records).to_dict(),
+        "pareto": [_pareto_row(r) for r in front],
+    }
+
+
+def _pareto_row(r: TrialRecord) -> dict[str, Any]:
+    return {"number": r.number, "spec": r.spec, "metric_name": r.metric_name, "int8_metric": r.int8_metric,
+            "float_metric": r.float_metric, "memory_bytes": r.memory_bytes,
+            "estimated_memory_bytes": r.estimated_memory_bytes, "tflite_bytes": r.tflite_bytes, "macs": r.macs,
+            "latency_ms": r.latency_ms, "energy_mj": r.energy_mj, "model_path": r.model_path}
+
+
+def format_pareto(report: dict[str, Any]) -> str:
+    """A readable table of :func:`pareto_report`."""
+    s = report["summary"]
+    metric = report["metric_name"]
+    lines = [f"run {report['run_dir']} (study {report['study']}, target {report['target']}, "
+             f"data {report['dataset']})",
+             f"trials: {s['trained']} trained ({s['feasible']} feasible), {s['rejected']} rejected before "
+             f"training, {s['failed']} failed, {s['interrupted']} interrupted; budget {s['used']}/{s['budget']}",
+             ""]
+    if not report["pareto"]:
+        lines.append("no feasible trained trial yet")
+        return "\n".join(lines)
+    header = f"{'#':>4}  {metric:>13}  {'memory':>10}  {'MACs':>9}  {'latency':>11}  {'energy':>10}  spec"
+    lines.append(header)
+    for p in report["pareto"]:
+        lines.append(f"{p['number']:>4}  {p['int8_metric']:>13.4f}  {p['memory_bytes'] / 1024:>7.1f} KB  "
+                     f"{p['macs'] / 1e6:>7.2f} M  {p['latency_ms']:>8.2f} ms  {p['energy_mj']:>7.3f} mJ  {p['spec']}")
+    return "\n".join(lines)
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+_ = math  # math is kept for callers doing float checks on records
