@@ -104,6 +104,329 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- nas search / nas pareto ---------------------------------------------------------------------------
+
+_FROM_RUN_DIR = ("constraints", "space", "dataset", "epochs", "train_limit", "sampler", "seed", "run_dir")
+
+
+class _SearchBar:
+    """tqdm bar for a search: trials used / budget, feasible vs rejected, the best of each objective, ETA."""
+
+    def __init__(self) -> None:
+        self.bar = None
+        self.used = 0
+
+    def __call__(self, s) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.used = min(s.used, s.budget)
+            self.bar = tqdm(total=s.budget, initial=self.used, unit="trial", desc="search", dynamic_ncols=True,
+                            file=sys.stderr)
+        if self.bar.total != s.budget:
+            self.bar.total = s.budget
+        used = min(s.used, s.budget)
+        if used > self.used:
+            self.bar.update(used - self.used)
+            self.used = used
+        best = "-" if s.best_metric is None else f"{s.best_metric:.4f}"
+        energy = "-" if s.best_energy_mj is None else f"{s.best_energy_mj:.3g} mJ"
+        self.bar.set_postfix_str(f"feasible {s.feasible}, rejected {s.rejected}, failed {s.failed}, running "
+                                 f"{s.running} | best {s.metric_name} {best}, memory {_kb(s.best_memory_bytes)}, "
+                                 f"energy {energy}")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from nas import results, search
+
+    command = ["nas", *sys.argv[1:]]
+    if args.resume:
+        given = [f"--{k.replace('_', '-')}" for k in _FROM_RUN_DIR if getattr(args, k) is not None]
+        if given:
+            raise UserError("--resume", given[0], "left out: a resumed search takes it from the run directory "
+                                                  "(only --trials, --workers and --storage may be given)")
+        run_dir = search.resume_run(args.resume, trials=args.trials, workers=args.workers, storage=args.storage,
+                                    command=command)
+        print(f"Resuming {run_dir}")
+    else:
+        if not args.constraints:
+            raise UserError("nas search", "--constraints", "a constraint file (e.g. mcu_vww.yaml, imx500.yaml), "
+                                                           "or --resume RUN_DIR")
+        req = search.SearchRequest(
+            constraints=args.constraints, space=args.space, dataset=args.dataset,
+            trials=search.DEFAULT_TRIALS if args.trials is None else args.trials,
+            epochs=search.DEFAULT_EPOCHS if args.epochs is None else args.epochs, train_limit=args.train_limit,
+            sampler=args.sampler or "tpe", workers=args.workers, storage=args.storage, run_dir=args.run_dir,
+            seed=0 if args.seed is None else args.seed, command=tuple(command))
+        run_dir = search.create_run(req)
+        run = results.Run(run_dir)
+        budget = run.config["budget"]
+        print(f"Run directory: {run_dir}")
+        print(f"  data {run.config['dataset']}, space {run.config['space']['name']}, target "
+              f"{run.config['target']['name']}; {req.trials} candidates to train ({budget['epochs']} QAT epochs"
+              + (f", {budget['train_limit']} training samples" if budget.get("train_limit") else "")
+              + f"), sampler {req.sampler}, {req.workers} worker(s)")
+    bar = _SearchBar()
+    try:
+        outcome = search.execute(run_dir, workers=args.workers, storage=args.storage, progress=bar)
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"nas search: interrupted; finished trials are kept. Continue with: nas search --resume {run_dir}",
+              file=sys.stderr)
+        return 130
+    bar.close()
+    s = outcome.summary
+    print(f"Run directory: {run_dir}")
+    print(f"  {s.trained} trained ({s.feasible} feasible with measured memory), {s.rejected} rejected before "
+          f"training (never trained), {s.failed} failed, {s.interrupted} interrupted; "
+          f"training time {results.format_duration(s.train_seconds)}")
+    if s.best_metric is not None:
+        print(f"  best {s.metric_name} {s.best_metric:.4f}; smallest memory {_kb(s.best_memory_bytes)}; lowest "
+              f"energy {s.best_energy_mj:.4g} mJ; {s.pareto} Pareto-optimal trial(s)")
+    if outcome.stopped:
+        print(f"  {outcome.stopped}")
+    for err in outcome.worker_errors:
+        print(f"nas search: {err}", file=sys.stderr)
+    print(f"Next: nas pareto {run_dir}          (the Pareto-optimal feasible models; --json for scripts)")
+    if s.used < s.budget:
+        print(f"      nas search --resume {run_dir}   (train the remaining {s.budget - s.used})")
+    else:
+        print(f"      nas search --resume {run_dir} --trials {s.budget * 2}   (train more)")
+    return 1 if outcome.worker_errors and s.used < s.budget else 0
+
+
+def cmd_pareto(args: argparse.Namespace) -> int:
+    from nas import results
+
+    report = results.pareto_report(results.open_run(args.run_dir, args.storage))
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(results.format_pareto(report))
+    return 0
+
+
+def _add_search_parsers(sub) -> None:
+    se = sub.add_parser(
+        "search", help="constrained multi-objective search: trains only candidates that fit the target",
+        description="Search a space for INT8 models that fit a target: every sampled candidate is profiled first; "
+                    "those over a limit are rejected without training, the rest are trained with INT8 QAT, "
+                    "converted, evaluated as INT8 and measured. With only --constraints: a ~10-minute run on "
+                    "the embedded MNIST digits.")
+    se.add_argument("--constraints", help="constraint file: a path or a shipped name (mcu_vww.yaml, imx500.yaml)")
+    se.add_argument("--space", help="search-space file: a path or a shipped name (default: mobilenetv3.yaml for "
+                                    "classification, tinytracker.yaml for gaze data)")
+    se.add_argument("--dataset", help="mnist (default, embedded), faces, gaze-synthetic, or a folder")
+    se.add_argument("--trials", type=int, help="candidates to train; rejected ones do not count (default 20)")
+    se.add_argument("--epochs", type=int, help="QAT epochs per candidate (default 2)")
+    se.add_argument("--train-limit", type=int,
+                    help="use at most this many training samples per candidate (quick runs and tests; default: "
+                         "all, or 2000 for the default data set)")
+    se.add_argument("--sampler", choices=["tpe", "nsga2", "random"],
+                    help="tpe (default: multi-objective TPE, constraint-aware), nsga2, or random")
+    se.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    se.add_argument("--storage", help="Optuna storage URL shared by workers on many machines, e.g. "
+                                      "postgresql+psycopg2://user@host:5432/db (default: RUN_DIR/study.db)")
+    se.add_argument("--run-dir", help="new or empty run directory (default runs/<space>-<target>-<data>-<time>)")
+    se.add_argument("--seed", type=int, help="seed for data splits, training and the sampler (default 0)")
+    se.add_argument("--resume", metavar="RUN_DIR",
+                    help="continue a run: cut-off trials are marked failed and the remaining budget is trained")
+    se.set_defaults(func=cmd_search)
+
+    pa = sub.add_parser("pareto", help="the Pareto-optimal feasible trials of a search run")
+    pa.add_argument("run_dir", help="a run directory made by nas search")
+    pa.add_argument("--storage", help="storage URL with a password, when run.yaml's needs one")
+    pa.add_argument("--json", action="store_true", help="print one JSON object")
+    pa.set_defaults(func=cmd_pareto)
+
+
+# -- nas export / nas verify / nas imx500 ---------------------------------------------------------------
+
+
+def _bundle_summary(bundle: Path) -> list[str]:
+    """A few lines about a written bundle, read back from its metadata.json."""
+    meta = json.loads((bundle / "metadata.json").read_text())
+    mem, m = meta["memory"], meta["metrics"]
+    arena = mem["arena"]
+    lines = [f"bundle  {bundle}",
+             f"  {m['name']} INT8 {m['int8']:.4f} (float {m['float']:.4f}); .tflite {mem['measured']['tflite_bytes']:,} B; "
+             f"kTensorArenaSize {arena['kTensorArenaSize']:,} B (measured minimum {arena['measured_minimum_bytes']:,} B "
+             f"+ {arena['margin_bytes']:,} B margin)"]
+    tgt = meta.get("target")
+    if tgt:
+        broken = [f"{r['name']} {r['value']:,.4g} > {r['limit']:,.4g}" for r in tgt["limits"] if not r["ok"]]
+        lines.append(f"  target {tgt['name']}: " + ("every limit met" if not broken else "LIMITS BROKEN: " + ", ".join(broken))
+                     + f"; {tgt['latency_ms']:.3f} ms, {tgt['energy_mj']:.4g} mJ per frame")
+    imx = meta.get("imx500")
+    if imx and imx.get("status") == "converted":
+        rep = imx["memory_report"]
+        lines.append(f"  IMX500: packerOut.zip; converter Memory Usage {rep['usage_bytes']:,} B of "
+                     f"{rep['available_bytes']:,} B, Fit In Chip: {rep['fit_in_chip']} (our estimate "
+                     f"{imx['estimated_onchip_bytes']:,} B)")
+    elif imx:
+        lines.append(f"  IMX500 part not added ({imx['reason']}): run `nas imx500 setup`, then export again with --force")
+    return lines
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from nas import export
+    from nas.imx500 import Imx500Error
+
+    try:
+        bundles = export.export(args.source, args.out, trial=args.trial, pareto=args.pareto, best=args.best,
+                                name=args.name, constraints=args.constraints, storage=args.storage, force=args.force,
+                                zip_bundle=args.zip, imx500=args.imx500, imx500_venv=args.imx500_venv,
+                                samples=args.samples)
+    except Imx500Error as e:
+        print(f"nas export: IMX500 conversion failed: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([{"bundle": str(b), "zip": str(b.with_name(b.name + ".zip")) if args.zip else None,
+                           "metadata": json.loads((b / "metadata.json").read_text())} for b in bundles], indent=2))
+        return 0
+    for b in bundles:
+        print("\n".join(_bundle_summary(b)))
+        if args.zip:
+            print(f"  zip     {b.with_name(b.name + '.zip')}")
+    print("Check with: " + "; ".join(f"nas verify {b}" for b in bundles))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from nas.export import VerifyError, verify_bundle
+
+    try:
+        v = verify_bundle(args.bundle)
+    except VerifyError as e:
+        print(f"nas verify: FAILED {args.bundle}: {e}", file=sys.stderr)
+        return 1
+    print(f"OK {v.bundle}: sha256 of {len(v.files_checked)} files match metadata.json; the C array equals "
+          f"model_int8.tflite ({v.tflite_bytes:,} B, sha256 {v.sha256[:16]}...); TFLM with kTensorArenaSize "
+          f"{v.arena_size:,} B reproduced {v.samples}/{v.samples} recorded outputs")
+    return 0
+
+
+def cmd_imx500(args: argparse.Namespace) -> int:
+    from nas import imx500
+
+    if args.imx500_command == "setup":
+        try:
+            status = imx500.setup(args.venv, python=args.python, progress=lambda msg: print(msg, flush=True))
+        except imx500.Imx500Error as e:
+            print(f"nas imx500 setup: {e}", file=sys.stderr)
+            return 1
+    else:
+        status = imx500.check(args.venv)
+    if getattr(args, "json", False):
+        print(json.dumps(status.to_dict(), indent=2))
+        return 0 if status.ok else 1
+    print(f"IMX500 converter environment: {status.venv}")
+    for pkg, ver in sorted(status.versions.items()):
+        print(f"  {pkg} {ver}")
+    print(f"  java: {status.java or '-'}")
+    if status.ok:
+        print("ready: nas export adds packerOut.zip and the memory report for runtime: imx500 targets")
+        return 0
+    for problem in status.problems:
+        print(f"nas imx500 {args.imx500_command}: {problem}", file=sys.stderr)
+    return 1
+
+
+def _add_export_parsers(sub) -> None:
+    ex = sub.add_parser(
+        "export", help="write deployable bundles (INT8 .tflite, C array, arena size, model card, IMX500 package)",
+        description="Export trained models as bundles a firmware engineer can use as they are. SOURCE is a run "
+                    "directory (choose trials with --trial, --pareto or --best) or one folder written by nas train.")
+    ex.add_argument("source", help="a run directory made by nas search, or a folder made by nas train --out")
+    pick = ex.add_mutually_exclusive_group()
+    pick.add_argument("--trial", type=int, help="export this trial number of the run")
+    pick.add_argument("--pareto", action="store_true", help="export every Pareto-optimal feasible trial")
+    pick.add_argument("--best", metavar="METRIC",
+                      help="export the best feasible trial by int8_metric (or the task metric's name, e.g. accuracy), "
+                           "float_metric, memory_bytes, energy_mj, latency_ms, macs or tflite_bytes")
+    ex.add_argument("--out", default="bundles", help="folder the bundles go into (default ./bundles)")
+    ex.add_argument("--name", help="bundle folder name (default trial-<n>, or the trained folder's name); "
+                                   "a prefix when several trials are exported")
+    ex.add_argument("--constraints", help="constraint file to check against (default: the run's own; needed for "
+                                          "latency, energy and limits of a nas train folder)")
+    ex.add_argument("--storage", help="storage URL with a password, when run.yaml's needs one")
+    ex.add_argument("--force", action="store_true", help="replace existing bundles (and zips) of the same name")
+    ex.add_argument("--zip", action="store_true", help="also write BUNDLE.zip next to each bundle folder")
+    ex.add_argument("--imx500", choices=["auto", "on", "off"], default="auto",
+                    help="IMX500 converter output: auto (for runtime: imx500 targets, when `nas imx500 setup` was "
+                         "run), on (required), off")
+    ex.add_argument("--imx500-venv", help="the converter's environment (default $TINYNAS_IMX500_VENV or "
+                                          "~/.cache/tinynas/imx500-venv)")
+    ex.add_argument("--samples", type=int, default=8, help="test inputs stored with their outputs for nas verify (default 8)")
+    ex.add_argument("--json", action="store_true", help="print the bundles' metadata as JSON")
+    ex.set_defaults(func=cmd_export)
+
+    ve = sub.add_parser("verify", help="re-check a bundle: sha256, C array = .tflite, TFLM outputs on its samples",
+                        description="Runs the bundle's INT8 model in the TFLM host interpreter with the bundle's "
+                                    "kTensorArenaSize on the stored sample inputs and compares every output with the "
+                                    "recorded one; also checks file hashes and the C array. Exit 1 on any mismatch.")
+    ve.add_argument("bundle", help="a bundle folder written by nas export")
+    ve.set_defaults(func=cmd_verify)
+
+    im = sub.add_parser("imx500", help="the Sony IMX500 converter's own Python environment (setup / check)")
+    isub = im.add_subparsers(dest="imx500_command", metavar="ACTION")
+    isub.required = True
+    for action, text in (("setup", "create the converter venv (python3.11, imx500-converter[tf] 3.19, TF 2.15, "
+                                   "MCT 2.5) and check it"),
+                         ("check", "check the converter venv and Java 17; exit 1 with the problems if not ready")):
+        a = isub.add_parser(action, help=text)
+        a.add_argument("--venv", help="environment folder (default $TINYNAS_IMX500_VENV or ~/.cache/tinynas/imx500-venv)")
+        if action == "setup":
+            a.add_argument("--python", help="Python 3.10/3.11 interpreter for the venv (default python3.11)")
+        a.add_argument("--json", action="store_true", help="print the status as JSON")
+        a.set_defaults(func=cmd_imx500)
+
+
+# -- nas app (the Pareto explorer; app/explorer.py) -----------------------------------------------------
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    """Replace this process with ``streamlit run app/explorer.py -- SOURCE`` (Ctrl-C and kill reach Streamlit)."""
+    import os
+
+    script = Path(__file__).resolve().parent.parent / "app" / "explorer.py"
+    if not script.is_file():
+        raise UserError("nas app", "app/explorer.py", f"the explorer script at {script}; it is missing (nas app runs "
+                                                      f"from a source checkout installed with pip install -e .)")
+    if not 0 < args.port < 65536:
+        raise UserError("--port", "port", f"a TCP port between 1 and 65535, got {args.port}")
+    cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port),
+           "--server.address", args.address, "--server.headless", "true" if args.headless else "false",
+           "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--", args.source]
+    if args.refresh is not None:
+        cmd += ["--refresh", str(args.refresh)]
+    if args.storage:
+        os.environ["TINYNAS_APP_STORAGE"] = args.storage  # may hold a password: never on the command line
+    shown = "localhost" if args.address in ("127.0.0.1", "localhost", "::1") else args.address
+    print(f"nas app: explorer on http://{shown}:{args.port}/ for {args.source} (Ctrl-C to stop)", flush=True)
+    os.execv(sys.executable, cmd)
+    return 0  # not reached
+
+
+def _add_app_parser(sub) -> None:
+    ap = sub.add_parser("app", help="the Pareto explorer: a Streamlit app over a run (charts, filters, export)",
+                        description="Open the Pareto explorer on a run directory made by nas search, its study.db, "
+                                    "or an Optuna storage URL (PostgreSQL: pick the study in the sidebar). It "
+                                    "refreshes while a search is running.")
+    ap.add_argument("source", metavar="RUN_DIR_OR_STORAGE_URL", help="a run directory, a study.db, or a storage URL")
+    ap.add_argument("--port", type=int, default=8501, help="TCP port (default 8501)")
+    ap.add_argument("--address", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                                                           "only; 0.0.0.0 for every interface)")
+    ap.add_argument("--storage", help="the run's storage URL with its password, when run.yaml's needs one")
+    ap.add_argument("--refresh", type=float, help="auto-refresh period in seconds while a search runs (default 5)")
+    ap.add_argument("--headless", action="store_true", help="do not open a web browser")
+    ap.set_defaults(func=cmd_app)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="nas", description="Hardware-aware NAS and INT8 compression for tiny vision models.")
@@ -149,6 +472,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="split seed (must match training's to reuse its test split)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
+    _add_search_parsers(sub)
+    _add_export_parsers(sub)
+    _add_app_parser(sub)
     return p
 
 

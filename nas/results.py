@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -143,12 +142,15 @@ def record_from_trial(trial: Any, run_dir: Path | None = None) -> TrialRecord:
         params_count=_int(est.get("params")), latency_ms=_num(est.get("latency_ms")),
         energy_mj=_num(est.get("energy_mj")),
         feasible=status == "trained" and not violations, constraints=constraints, violations=violations,
-        reason=attrs.get("reason"), train_seconds=float(metrics.get("seconds") or 0.0),
+        reason=attrs.get("reason") or (_CUT_OFF if status == "interrupted" else None), train_seconds=float(metrics.get("seconds") or 0.0),
         timings={k: float(v) for k, v in timings.items()}, model_path=model, trial_dir=trial_dir,
         worker=dict(attrs.get("worker") or {}),
         started=trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
         finished=trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
     )
+
+
+_CUT_OFF = "cut off before it finished: its worker was stopped or killed"
 
 
 def _num(v: Any) -> float | None:
@@ -365,7 +367,7 @@ def redact(url: str) -> str:
         u = make_url(url)
         if u.password is None:
             return url
-        return u.set(password=None).render_as_string(hide_password=False)
+        return u._replace(password=None).render_as_string(hide_password=False)  # set(password=None) keeps it
     except Exception:  # noqa: BLE001 - an unparsable URL is shown as is (it has no password we can find)
         return url
 
@@ -519,5 +521,3 @@ def format_duration(seconds: float) -> str:
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
-
-_ = math  # math is kept for callers doing float checks on records
