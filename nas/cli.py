@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -106,7 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # -- nas search / nas pareto ---------------------------------------------------------------------------
 
-_FROM_RUN_DIR = ("constraints", "space", "dataset", "epochs", "train_limit", "sampler", "seed", "run_dir")
+_FROM_RUN_DIR = ("constraints", "space", "dataset", "epochs", "train_limit", "lr", "sampler", "seed", "run_dir")
 
 
 class _SearchBar:
@@ -160,7 +161,8 @@ def cmd_search(args: argparse.Namespace) -> int:
             constraints=args.constraints, space=args.space, dataset=args.dataset,
             trials=search.DEFAULT_TRIALS if args.trials is None else args.trials,
             epochs=search.DEFAULT_EPOCHS if args.epochs is None else args.epochs, train_limit=args.train_limit,
-            sampler=args.sampler or "tpe", workers=args.workers, storage=args.storage, run_dir=args.run_dir,
+            learning_rate=args.lr, sampler=args.sampler or "tpe", workers=args.workers, storage=args.storage,
+            run_dir=args.run_dir,
             seed=0 if args.seed is None else args.seed, command=tuple(command))
         run_dir = search.create_run(req)
         run = results.Run(run_dir)
@@ -169,6 +171,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"  data {run.config['dataset']}, space {run.config['space']['name']}, target "
               f"{run.config['target']['name']}; {req.trials} candidates to train ({budget['epochs']} QAT epochs"
               + (f", {budget['train_limit']} training samples" if budget.get("train_limit") else "")
+              + (f", learning rate {budget['learning_rate']:g}" if budget.get("learning_rate") else "")
               + f"), sampler {req.sampler}, {req.workers} worker(s)")
     bar = _SearchBar()
     try:
@@ -178,6 +181,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"nas search: interrupted; finished trials are kept. Continue with: nas search --resume {run_dir}",
               file=sys.stderr)
         return 130
+    except search.StorageUnavailable as e:
+        bar.close()
+        for err in e.worker_errors:
+            print(f"nas search: {err}", file=sys.stderr)
+        print(f"nas search: error: {e}", file=sys.stderr)
+        return 1
     bar.close()
     s = outcome.summary
     print(f"Run directory: {run_dir}")
@@ -223,6 +232,8 @@ def _add_search_parsers(sub) -> None:
     se.add_argument("--dataset", help="mnist (default, embedded), faces, gaze-synthetic, or a folder")
     se.add_argument("--trials", type=int, help="candidates to train; rejected ones do not count (default 20)")
     se.add_argument("--epochs", type=int, help="QAT epochs per candidate (default 2)")
+    se.add_argument("--lr", type=float, help="peak learning rate of each candidate's cosine schedule (default: "
+                                             "nas train's, 5e-3)")
     se.add_argument("--train-limit", type=int,
                     help="use at most this many training samples per candidate (quick runs and tests; default: "
                          "all, or 2000 for the default data set)")
@@ -427,12 +438,35 @@ def _add_app_parser(sub) -> None:
     ap.set_defaults(func=cmd_app)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line (what is wrong, a did-you-mean, where to look) and exit 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        from nas.errors import did_you_mean
+
+        hint = ""
+        bad = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if bad:
+            hint = did_you_mean(bad.group(1), re.findall(r"'([^']*)'", bad.group(2)))
+        self.exit(2, f"{self.prog}: error: {message}{hint} (see: {self.prog} --help)\n")
+
+    def unknown(self, extra: Sequence[str]) -> None:
+        """Report arguments nobody recognised, with a did-you-mean among this parser's own flags."""
+        from nas.errors import did_you_mean
+
+        flags = [s for a in self._actions for s in a.option_strings if s.startswith("--")]
+        first = next((e for e in extra if e.startswith("-")), None)
+        hint = did_you_mean(first.split("=", 1)[0], flags) if first else ""
+        self.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="nas", description="Hardware-aware NAS and INT8 compression for tiny vision models.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    p.set_defaults(_commands=sub.choices)
 
     pr = sub.add_parser("profile", help="MACs, params, flash, peak SRAM, latency and energy of a spec, before training")
     pr.add_argument("--spec", required=True, help="preset name, spec string, or a JSON/YAML spec file")
@@ -480,7 +514,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:  # reported by the subcommand's parser, so the did-you-mean looks among its own flags
+        parser_of = args._commands.get(args.command, parser)
+        getattr(parser_of, "unknown", parser.unknown)(extra)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -72,3 +72,27 @@ def test_frozen_conversion_matches_from_keras_model():
     ops = lambda flat: [op["op_name"] for op in tf.lite.Interpreter(model_content=flat)._get_ops_details()]  # noqa: E731
     assert ops(fast) == ops(slow)
     np.testing.assert_allclose(convert.predict_int8(fast, x), convert.predict_int8(slow, x), atol=1 / 128)
+
+
+def test_stripping_names_keeps_outputs_and_arena():
+    """convert.strip_names drops only name strings: same outputs, same TFLM arena, a smaller file."""
+    import nas  # noqa: F401
+    import tensorflow as tf
+
+    from nas import arena, builder, convert
+
+    spec = parse_spec_string("in32x3-w0.5-cn_r1_k3_s2_c16_hs-ir_r1_k3_s2_e4_c24_se0.25_hs-cls_n2_h32_d0_re")
+    model = builder.build_qat(spec)
+    x = np.random.default_rng(1).random((8, 32, 32, 3), dtype=np.float32)
+    model(x, training=True)
+    fn = tf.function(lambda t: model(t, training=False), input_signature=[tf.TensorSpec([1, 32, 32, 3])])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([fn.get_concrete_function()], model)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = lambda: ([x[i : i + 1]] for i in range(8))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    named = converter.convert()
+    stripped = convert.strip_names(named)
+    assert len(stripped) < len(named)
+    np.testing.assert_array_equal(convert.predict_int8(named, x), convert.predict_int8(stripped, x))
+    assert arena.measure_tflm(named).arena_bytes == arena.measure_tflm(stripped).arena_bytes
