@@ -7,6 +7,7 @@ plain JSON-ready data; no Optuna object comes in and no TensorFlow object goes o
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -99,6 +100,7 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         "quantization_delta": int8_metric - trained.float_metric,
         "epochs_run": trained.epochs_run,
         "tflite_bytes": measured.tflite_bytes,
+        "tflite_sha256": hashlib.sha256(tflite).hexdigest(),  # what a trial's record says its .tflite holds
         "tflm_arena_bytes": measured.tflm_arena_bytes,
         "imx500_bytes": measured.imx500_bytes,
         "measured_memory_bytes": measured.memory_bytes(runtime),

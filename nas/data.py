@@ -501,10 +501,7 @@ def _read_images(root: Path, paths: Sequence[Path], class_dirs: Sequence[Path] =
         kept.append(i)
     kept_arr = np.asarray(kept, np.int64)
     rel = sorted(os.path.relpath(b, root) for b in bad)
-    if bad:
-        log.warning("%s: skipped %d unreadable image file(s) of %d: %s%s", root, len(bad), len(paths),
-                    ", ".join(rel[:_MAX_LISTED]), " ..." if len(rel) > _MAX_LISTED else "")
-    if len(bad) > MAX_UNREADABLE_FRACTION * len(paths):
+    if len(bad) > MAX_UNREADABLE_FRACTION * len(paths):  # the error alone says it: one line, no warning before it
         raise UserError(str(root), "", f"at most {MAX_UNREADABLE_FRACTION:.0%} unreadable images; {len(bad)} of "
                                        f"{len(paths)} could not be decoded ({', '.join(rel[:5])}"
                                        f"{' ...' if len(rel) > 5 else ''})")
@@ -513,6 +510,9 @@ def _read_images(root: Path, paths: Sequence[Path], class_dirs: Sequence[Path] =
         tried = {i for i, p in enumerate(paths) if Path(p).is_relative_to(d)}
         if tried and not tried & kept_set:
             raise UserError(str(d), "", "at least one readable image in every class folder; none could be decoded")
+    if bad:
+        log.warning("%s: skipped %d unreadable image file(s) of %d: %s%s", root, len(bad), len(paths),
+                    ", ".join(rel[:_MAX_LISTED]), " ..." if len(rel) > _MAX_LISTED else "")
     extra = {"skipped": len(bad), "skipped_files": rel[:_MAX_LISTED], "resized_to_native": resized,
              "color": "gray" if gray else "rgb"}
     return out[kept_arr], kept_arr, extra

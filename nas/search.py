@@ -35,6 +35,12 @@ Decisions, and why:
 * **Kill safety**: Optuna commits each finished trial; a trial cut off by SIGKILL stays RUNNING until
   ``--resume`` (same host: its worker's pid is gone) or Optuna's heartbeat (other hosts) marks it FAIL with
   status ``interrupted``; it does not count against the budget, so resume runs the remaining budget.
+* **Lost storage, full disk**: a worker that loses the study's database (PostgreSQL stopped, network gone)
+  logs one ERROR line and exits with status 4; the coordinator rides out an outage while polling and, if the
+  study is still unreachable when its workers are gone, ends with one line and exit 1 (``StorageUnavailable``):
+  committed trials are safe in the database and ``--resume`` continues. The run directory is checked before
+  anything is read or trained: it must be creatable and writable (a real write) and have room for the study and
+  at least one trial (a warning when not for the whole budget); ``--resume`` checks it again.
 * **Many machines**: start the run with ``--storage postgresql+psycopg2://...`` and the run directory on a
   shared file system (trained models land in ``RUN_DIR/trials/<n>/``), then on every other machine run
   ``nas search --resume RUN_DIR --workers N``. run.yaml never holds a password: give it with ``--storage``
@@ -54,6 +60,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -83,6 +90,10 @@ GRACE_S = 90
 POLL_S = 1.0
 STOP_WAIT_S = 15.0
 ENV_STORAGE = "TINYNAS_STORAGE_URL"
+EXIT_STORAGE = 4                     # a worker's exit status when it lost the study's storage
+RUN_DIR_RESERVE_BYTES = 16 * 1024 ** 2   # study.db, logs and the run's own files
+TRIAL_FILE_OVERHEAD_BYTES = 256 * 1024   # per trial: .h5 container, JSON files (measured ~180 KB)
+TRIAL_FLASH_FACTOR = 6               # .tflite ~ the flash estimate; the QAT .h5 holds float weights and more
 HOST = socket.gethostname()
 PACKAGES = ("tinynas", "tensorflow", "tf_keras", "tensorflow-model-optimization", "tflite-micro", "optuna",
             "numpy", "sqlalchemy", "psycopg2-binary")
@@ -98,6 +109,7 @@ class SearchRequest:
     trials: int = DEFAULT_TRIALS
     epochs: int = DEFAULT_EPOCHS
     train_limit: int | None = None
+    learning_rate: float | None = None
     sampler: str = "tpe"
     workers: int = 1
     storage: str | None = None
@@ -133,6 +145,8 @@ def _check_request(req: SearchRequest) -> None:
         raise UserError("--train-limit", "train_limit", f"at least 16 training samples, got {req.train_limit}")
     if req.seed < 0:
         raise UserError("--seed", "seed", f"a non-negative integer, got {req.seed}")
+    if req.learning_rate is not None and not (0 < req.learning_rate < float("inf")):
+        raise UserError("--lr", "learning_rate", f"a positive, finite learning rate, got {req.learning_rate}")
     if req.sampler not in SAMPLERS:
         raise UserError("--sampler", "sampler", f"one of {', '.join(SAMPLERS)}, got '{req.sampler}'"
                         + did_you_mean(req.sampler, SAMPLERS))
@@ -175,17 +189,92 @@ def _versions() -> dict[str, str]:
     return out
 
 
+class StorageUnavailable(RuntimeError):
+    """The study's database cannot be reached (server stopped, network, disk full); finished trials are safe in it."""
+
+    def __init__(self, message: str, worker_errors: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.worker_errors = tuple(worker_errors)
+
+
+def storage_problem(e: BaseException | None) -> str | None:
+    """'Type: first line' of the database error behind ``e`` (its cause / context chain), or None if there is none."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    chain, seen = [], set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for kinds in (SQLAlchemyError, StorageInternalError):
+        for err in chain:
+            if isinstance(err, kinds):
+                orig = getattr(err, "orig", None) or err
+                text = str(orig).strip().splitlines()
+                return f"{type(orig).__name__}: {text[0].strip() if text else ''}"[:300]
+    return None
+
+
+def _check_run_dir_location(path: Path, flag: str = "--run-dir", *, given: bool = True) -> Path:
+    """Refuse, before any data is read, a run directory that cannot be made or written; returns the nearest
+    existing folder at or above ``path`` (where free space is measured). ``given``: the user named ``path``
+    itself (it must be new or empty), not just the folder runs are made in."""
+    if given and path.exists() and not path.is_dir():
+        raise UserError(flag, "run_dir", f"a directory, '{path}' is a file")
+    if given and (path / results.RUN_FILE).exists():
+        raise UserError(flag, "run_dir", f"a new or empty directory; '{path}' already holds a run "
+                                         f"(continue it with: nas search --resume {path})")
+    if given and path.is_dir() and any(path.iterdir()):
+        raise UserError(flag, "run_dir", f"a new or empty directory; '{path}' is not empty")
+    base = path.absolute()
+    while not base.exists() and base != base.parent:
+        base = base.parent
+    if not base.is_dir():
+        raise UserError(flag, "run_dir", f"a directory that can be created; '{base}' is a file, so '{path}' "
+                                         f"cannot be made")
+    _probe_write(base, flag, path)
+    return base
+
+
+def _probe_write(base: Path, flag: str, path: Path) -> None:
+    """Create and delete a file in ``base``: as root, permission bits say nothing, and a read-only mount or a
+    full disk only shows when something is written."""
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".tinynas-write-test-", dir=base)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UserError(flag, "run_dir", f"a writable location for '{path}'; cannot create files in '{base}' "
+                                         f"({e.strerror or e})") from None
+
+
+def trial_disk_bytes(flash_estimates: Sequence[float]) -> int:
+    """Disk space one trained trial needs (its .tflite, QAT .h5 and JSON files), from the flash estimates of
+    feasible candidates of the space."""
+    mean = sum(flash_estimates) / len(flash_estimates) if flash_estimates else 0.0
+    return int(TRIAL_FLASH_FACTOR * mean + TRIAL_FILE_OVERHEAD_BYTES)
+
+
+def check_disk_space(where: Path, trials: int, per_trial: int, flag: str = "--run-dir") -> None:
+    """A clear error when ``where`` cannot hold even one trial (plus the study and logs), before anything is
+    trained; a warning when it cannot hold the whole budget."""
+    free = shutil.disk_usage(where).free
+    need_one = RUN_DIR_RESERVE_BYTES + per_trial
+    if free < need_one:
+        raise UserError(flag, "run_dir", f"a file system with room for the study and at least one trial "
+                                         f"(about {need_one / 1024 ** 2:,.1f} MB); '{where}' has "
+                                         f"{free / 1024 ** 2:,.1f} MB free")
+    need_all = RUN_DIR_RESERVE_BYTES + trials * per_trial
+    if free < need_all:
+        log.warning("%s has %.1f MB free, about %.1f MB are needed for %d trials (%.0f KB each): the disk may "
+                    "fill after about %d trials", where, free / 1024 ** 2, need_all / 1024 ** 2, trials,
+                    per_trial / 1024, (free - RUN_DIR_RESERVE_BYTES) // per_trial)
+
+
 def _new_run_dir(req: SearchRequest, space_name: str, target_path: Path, dataset_name: str) -> Path:
     if req.run_dir:
-        path = Path(req.run_dir).expanduser()
-        if path.exists() and not path.is_dir():
-            raise UserError("--run-dir", "run_dir", f"a directory, '{path}' is a file")
-        if (path / results.RUN_FILE).exists():
-            raise UserError("--run-dir", "run_dir", f"a new or empty directory; '{path}' already holds a run "
-                                                    f"(continue it with: nas search --resume {path})")
-        if path.is_dir() and any(path.iterdir()):
-            raise UserError("--run-dir", "run_dir", f"a new or empty directory; '{path}' is not empty")
-        return path
+        return Path(req.run_dir).expanduser()  # checked by _check_run_dir_location before the data was read
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path("runs") / f"{space_name}-{target_path.stem}-{Path(dataset_name).name}-{stamp}"
     path, i = base, 2
@@ -194,11 +283,12 @@ def _new_run_dir(req: SearchRequest, space_name: str, target_path: Path, dataset
     return path
 
 
-def feasible_fraction(space: Any, shape: Any, target: Any, n: int = FEASIBILITY_PROBES, seed: int = 0
-                      ) -> tuple[float, dict[str, float]]:
+def feasible_fraction(space: Any, shape: Any, target: Any, n: int = FEASIBILITY_PROBES, seed: int = 0,
+                      flash: list[float] | None = None) -> tuple[float, dict[str, float]]:
     """Share of ``n`` random points of the space that fit the target, and the smallest value seen per limit.
 
     A few hundred milliseconds; it stops a search whose space can never fit before any worker starts.
+    ``flash`` (a list) collects the flash estimates of the points that fit (to size the disk a run needs).
     """
     from nas import space as space_mod
 
@@ -207,8 +297,11 @@ def feasible_fraction(space: Any, shape: Any, target: Any, n: int = FEASIBILITY_
     smallest: dict[str, float] = {}
     for _ in range(n):
         spec = space_mod.to_spec(space, space_mod.sample(space, lambda _name, ch: rng.choice(ch)), shape)
-        _, checks = estimate_record(spec, target)
-        ok += all(c.ok for c in checks)
+        rec, checks = estimate_record(spec, target)
+        fits = all(c.ok for c in checks)
+        ok += fits
+        if fits and flash is not None:
+            flash.append(float(rec["flash_bytes"]))
         for c in checks:
             smallest[c.name] = min(smallest.get(c.name, float("inf")), float(c.value))
     return ok / n, smallest
@@ -225,6 +318,8 @@ def create_run(req: SearchRequest) -> Path:
     from nas.hardware import load_target, resolve_target_path
 
     _check_request(req)
+    where = _check_run_dir_location(Path(req.run_dir).expanduser() if req.run_dir else Path("runs"),
+                                    given=bool(req.run_dir))
     target_path = resolve_target_path(req.constraints)
     target = load_target(req.constraints)
     if req.space:  # a typo in the space file is reported before the data set is read
@@ -240,7 +335,8 @@ def create_run(req: SearchRequest) -> Path:
         raise UserError("--space", "head.kind", f"a space for {ds.task} data: '{space_path}' has a {sp.head.kind} "
                                                 f"head and data set '{ds.name}' is a {ds.task} set (try --space {other})")
     shape = space_mod.DataShape.of(ds)
-    fraction, smallest = feasible_fraction(sp, shape, target, seed=req.seed)
+    flash: list[float] = []
+    fraction, smallest = feasible_fraction(sp, shape, target, seed=req.seed, flash=flash)
     if fraction == 0:
         limits = target.limits()
         worst = ", ".join(f"{k} {smallest[k]:,.0f} > {limits[k]:,.0f}" for k in limits if smallest.get(k, 0) > limits[k])
@@ -250,6 +346,7 @@ def create_run(req: SearchRequest) -> Path:
     train_limit = req.train_limit
     if train_limit is None and req.dataset is None:
         train_limit = DEFAULT_TRAIN_LIMIT
+    check_disk_space(where, req.trials, trial_disk_bytes(flash))
     run_dir = _new_run_dir(req, sp.name, target_path, ds.name)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -283,7 +380,8 @@ def create_run(req: SearchRequest) -> Path:
                            {"name": "energy_mj", "direction": "minimize"}],
             "trials": req.trials,
             "max_rejected": max(MIN_MAX_REJECTED, MAX_REJECTED_PER_TRIAL * req.trials),
-            "budget": {"epochs": req.epochs, "train_limit": train_limit},
+            "budget": {"epochs": req.epochs, "train_limit": train_limit,
+                       **({"learning_rate": req.learning_rate} if req.learning_rate is not None else {})},
             "seed": req.seed,
             "sampler": req.sampler,
             "storage": results.redact(storage) if storage else None,
@@ -352,6 +450,7 @@ def resume_run(run_dir: str | Path, *, trials: int | None = None, workers: int =
     if storage and run.config.get("storage") and results.redact(storage) != run.config["storage"]:
         raise UserError("--storage", "storage", f"the run's own storage {run.config['storage']} (with a password "
                                                 f"if it needs one), got {results.redact(storage)}")
+    _check_resume_disk(run, trials if trials is not None else int(run.config["trials"]))
     marked = fail_orphans(run.study(), _pid_alive)
     _fail_stale(run.url, run.study_name)
     if marked:
@@ -364,6 +463,17 @@ def resume_run(run_dir: str | Path, *, trials: int | None = None, workers: int =
     config["sessions"] = [*config.get("sessions", []), _session(command, workers, int(config["trials"]))]
     _write_config(run.path, config)
     return run.path
+
+
+def _check_resume_disk(run: results.Run, budget: int) -> None:
+    """The run directory must still have room for the trials left to train (a clear error before any start)."""
+    trials_dir = run.path / results.TRIALS_DIR
+    _probe_write(trials_dir if trials_dir.is_dir() else run.path, "--resume", run.path)
+    worker = Worker.load(run.path)
+    flash: list[float] = []
+    feasible_fraction(worker.space, worker.shape, worker.target, n=100, seed=0, flash=flash)
+    left = max(1, budget - run.summary().used)
+    check_disk_space(run.path, left, trial_disk_bytes(flash), flag="--resume")
 
 
 def _fail_stale(url: str, name: str) -> None:
@@ -435,18 +545,34 @@ def execute(run_dir: str | Path, *, workers: int = 1, storage: str | None = None
     procs = [_spawn(run, k, session, threads, storage) for k in range(workers)]
     errors: list[str] = []
     done: set[int] = set()
+    lost: list[str] = []  # storage problems seen while polling: workers may outlast a short outage
+
+    def tolerate(step: Callable[[], Any]) -> None:
+        try:
+            step()
+        except Exception as e:  # noqa: BLE001 - only database errors are tolerated, anything else is raised
+            problem = storage_problem(e)
+            if problem is None:
+                raise
+            if not lost:
+                log.warning("storage %s unreachable (%s): waiting for the workers", results.redact(run.url), problem)
+            lost.append(problem)
+
     try:
         while True:
             running = [p for p in procs if p.poll() is None]
             for k, p in enumerate(procs):
                 if p.returncode is not None and k not in done:
                     done.add(k)
-                    fail_orphans(run.study(), _pid_alive, {p.pid})
-                    if p.returncode != 0:
-                        errors.append(f"worker {k} exited with status {p.returncode}; see "
-                                      f"{logs / f'worker-{session}-{k}.log'}")
+                    tolerate(lambda p=p: fail_orphans(run.study(), _pid_alive, {p.pid}))
+                    log_file = logs / f"worker-{session}-{k}.log"
+                    if p.returncode == EXIT_STORAGE:
+                        errors.append(f"worker {k} lost the study's storage and stopped (exit status "
+                                      f"{p.returncode}); see {log_file}")
+                    elif p.returncode != 0:
+                        errors.append(f"worker {k} exited with status {p.returncode}; see {log_file}")
             if progress is not None:
-                progress(run.summary())
+                tolerate(lambda: progress(run.summary()))
             if not running:
                 break
             time.sleep(poll_s)
@@ -456,7 +582,15 @@ def execute(run_dir: str | Path, *, workers: int = 1, storage: str | None = None
         raise
     finally:
         _stop(procs)
-    summary = run.summary()
+    try:
+        summary = run.summary()
+    except Exception as e:  # noqa: BLE001
+        problem = storage_problem(e)
+        if problem is None:
+            raise
+        raise StorageUnavailable(f"the study's storage {results.redact(run.url)} is unreachable ({problem}); "
+                                 f"finished trials are kept in it. When it is back, continue with: "
+                                 f"nas search --resume {run.path}", errors) from None
     max_rejected = int(run.config.get("max_rejected", 0))
     stopped = None
     if summary.used < summary.budget and summary.rejected >= max_rejected:
@@ -717,6 +851,21 @@ def run_worker(run_dir: Path, index: int, session: int, storage: str | None = No
     url = results.storage_url(run_dir, config, storage)
     trials, max_rejected = int(config["trials"]), int(config["max_rejected"])
     sampler = make_sampler(config["sampler"], worker_seed(int(config["seed"]), session, index), trials)
+    try:
+        return _worker_loop(run_dir, worker, url, sampler, trials, max_rejected)
+    except Exception as e:
+        problem = storage_problem(e)
+        if problem is None:
+            raise
+        raise StorageUnavailable(f"lost the study's storage {results.redact(url)} ({problem}): stopping; finished "
+                                 f"trials are safe in it, the trial in progress is marked interrupted by "
+                                 f"nas search --resume") from e
+
+
+def _worker_loop(run_dir: Path, worker: "Worker", url: str, sampler: Any, trials: int, max_rejected: int) -> int:
+    import optuna
+
+    config = worker.config
     study = optuna.load_study(study_name=config["study_name"], storage=_storage(url, heartbeat=True), sampler=sampler)
     if study.user_attrs.get(results.RUN_ID_ATTR) != config["run_id"]:
         log.error("study %s does not belong to run %s", config["study_name"], run_dir)
@@ -769,6 +918,9 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         log.error("%s", e)
         return 2
+    except StorageUnavailable as e:
+        log.error("%s", e)
+        return EXIT_STORAGE
 
 
 if __name__ == "__main__":
