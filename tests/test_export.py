@@ -269,18 +269,7 @@ def test_c_helpers_round_trip():
 
 # -- from a search run ---------------------------------------------------------------------------------
 
-TINY_SPACE = {
-    "name": "tiny",
-    "resolution": [16, 32],
-    "width": [0.25, 0.5],
-    "stages": [
-        {"name": "stem", "kind": "cn", "channels": 8, "stride": 2, "act": "relu"},
-        {"name": "s1", "kind": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel": [3, 5],
-         "expansion": [2, 4], "act": ["relu", "hswish"]},
-        {"name": "last", "kind": "cn", "channels": [32, 64], "kernel": 1, "depth": [0, 1]},
-    ],
-    "head": {"kind": "classifier", "hidden": [0, 32]},
-}
+from tests.test_search import TINY as TINY_SPACE  # noqa: E402  - the same tiny space the search tests use
 
 
 @pytest.fixture(scope="module")
