@@ -392,6 +392,8 @@ def load_spec(text: str) -> ArchSpec:
     text = text.strip()
     if text in PRESETS:
         return preset(text)
+    if re.match(r"in\d+x\d+-", text):  # a spec string; checked before the file system, which rejects long names
+        return parse_spec_string(text)
     path = Path(text)
     if path.suffix.lower() in (".json", ".yaml", ".yml") or path.is_file():
         if not path.is_file():

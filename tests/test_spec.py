@@ -85,3 +85,9 @@ def test_load_spec_from_files(tmp_path):
         load_spec(str(tmp_path / "bad.json"))
     with pytest.raises(UserError, match="did you mean 'mobilenetv3-small'"):
         load_spec("mobilenetv3-smal")
+
+
+def test_long_spec_string_is_not_taken_for_a_path():
+    text = PRESETS["mobilenetv3-large"]
+    assert len(text) > 255  # longer than a file name may be
+    assert load_spec(text) == preset("mobilenetv3-large")
