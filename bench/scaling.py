@@ -5,8 +5,9 @@ Part 1, throughput. Three real ``nas search`` runs (``nas.search.create_run`` + 
 PostgreSQL server started here for the purpose (local, on 127.0.0.1, exactly as ``tests/test_search.py`` starts
 one). To measure the machinery rather than the luck of the sampler, the search space is one fixed point (a
 MobileNetV3-Small-shaped network at 64x64, width 0.35: every trial trains the same candidate with the same
-budget). Trials per hour = trained trials / the session's wall time (worker start-up included); the steady-state
-rate leaves out the start-up (first trial start to last trial end).
+budget), in ``--rounds`` rounds whose order alternates (background load drifts). Trials per hour = trained trials /
+the sessions' wall time (worker start-up included); the steady-state rate leaves out the start-up (first trial
+start to last trial end).
 
 Part 2, the search loop's own cost per trial as the study grows. A study of the shipped ``mobilenetv3.yaml``
 space under ``mcu_vww.yaml`` is filled with *generated* trial records (not trained: random points of the
@@ -21,11 +22,13 @@ training, on SQLite (the default storage).
 Writes ``scaling.{json,md,png}`` to ``bench/results/`` (``scaling_quick.*`` with ``--quick``: MNIST, a 16 px
 fixed candidate, 2 trials per configuration, studies of 20 and 60 records).
 
-    python bench/scaling.py [--trials 8] [--epochs 1] [--sizes 100 1000 5000] [--reps 5] [--quick] [--out DIR]
+    python bench/scaling.py [--trials 8] [--epochs 1] [--rounds 2] [--sizes 100 1000 5000] [--reps 5] [--quick]
+                            [--out DIR] [--render JSON]
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import logging
@@ -92,10 +95,10 @@ def slug(label: str) -> str:
 
 
 def throughput(label: str, workers: int, storage: str | None, args: argparse.Namespace, root: Path, space: Path,
-               dataset: str, train_limit: int | None) -> dict[str, Any]:
+               dataset: str, train_limit: int | None, round_: int = 0) -> dict[str, Any]:
     req = search.SearchRequest(constraints=common.CONSTRAINTS, space=str(space), dataset=dataset, trials=args.trials,
                                epochs=args.epochs, train_limit=train_limit, sampler="tpe", workers=workers,
-                               storage=storage, seed=0, run_dir=str(root / slug(label)),
+                               storage=storage, seed=round_, run_dir=str(root / slug(f"{label} r{round_}")),
                                command=("bench/scaling.py", label))
     load0 = [round(v, 2) for v in os.getloadavg()]
     t0 = time.perf_counter()
@@ -115,7 +118,7 @@ def throughput(label: str, workers: int, storage: str | None, args: argparse.Nam
         per_worker[key] = per_worker.get(key, 0) + 1
     execute_s = t2 - t1
     return {
-        "config": label, "workers": workers, "storage": "postgresql" if storage else "sqlite",
+        "config": label, "round": round_, "workers": workers, "storage": "postgresql" if storage else "sqlite",
         "trained": len(trained), "failed": outcome.summary.failed, "worker_errors": list(outcome.worker_errors),
         "create_s": round(t1 - t0, 2), "execute_s": round(execute_s, 2),
         "trials_per_hour": round(3600 * len(trained) / execute_s, 1) if execute_s else None,
@@ -124,7 +127,25 @@ def throughput(label: str, workers: int, storage: str | None, args: argparse.Nam
         "candidate_s_median": common.median([r.train_seconds for r in trained]),
         "trial_s_median": common.median([(e - s).total_seconds() for s, e in zip(starts, ends)]),
         "trials_per_worker": sorted(per_worker.values()),
+        "candidate_s": [r.train_seconds for r in trained],
         "loadavg_start": load0, "loadavg_end": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def combine(label: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One configuration over its rounds: rates from the summed trials and times."""
+    trained = sum(r["trained"] for r in rounds)
+    execute_s = sum(r["execute_s"] for r in rounds)
+    steady_s = sum(r["steady_s"] for r in rounds)
+    return {
+        "config": label, "workers": rounds[0]["workers"], "storage": rounds[0]["storage"], "trained": trained,
+        "failed": sum(r["failed"] for r in rounds), "worker_errors": [e for r in rounds for e in r["worker_errors"]],
+        "execute_s": round(execute_s, 2), "trials_per_hour": round(3600 * trained / execute_s, 1) if execute_s else None,
+        "steady_trials_per_hour": round(3600 * trained / steady_s, 1) if steady_s else None,
+        "per_round_trials_per_hour": [r["trials_per_hour"] for r in rounds],
+        "candidate_s_median": common.median([c for r in rounds for c in r["candidate_s"]]),
+        "loadavg_1min": [r["loadavg_start"][0] for r in rounds] + [rounds[-1]["loadavg_end"][0]],
+        "rounds": rounds,
     }
 
 
@@ -359,13 +380,22 @@ def loop_overhead(args: argparse.Namespace, root: Path, dataset: str) -> dict[st
                          **{f"{k}_ms": round(1000 * common.median(v), 2) for k, v in phases.items()}})
             print(f"loop overhead: {target_size} records, {sampler_name}: {rows[-1]['total_ms']:.1f} ms per trial",
                   flush=True)
+        # The coordinator of `nas search` calls Run.summary() about once a second for its progress line; the run is
+        # opened once, so after the first call Optuna's trial cache only fetches new trials. Cold = opening the
+        # run and the first summary (what `nas pareto` or the app pay); warm = each later poll.
         t0 = time.perf_counter()
         run = results.open_run(run_dir)
         run.summary()
-        poll = time.perf_counter() - t0
+        cold = time.perf_counter() - t0
+        warm = []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            run.summary()
+            warm.append(time.perf_counter() - t0)
         for r in rows:
             if r["records"] == target_size:
-                r["coordinator_poll_ms"] = round(1000 * poll, 1)
+                r["summary_cold_ms"] = round(1000 * cold, 1)
+                r["coordinator_poll_ms"] = round(1000 * common.median(warm), 1)
     search.estimate_record = real_estimate
     trials = _study(url, name, None).get_trials(deepcopy=False)
     statuses: dict[str, int] = {}
@@ -385,17 +415,23 @@ def markdown(out: dict[str, Any]) -> str:
     s = out["settings"]
     lines = [f"Scaling, commit {out['commit']}", ""]
     lines.append(f"Throughput: data `{s['dataset_label']}`, `{s['constraints']}`, one fixed candidate "
-                 f"(`{s['fixed_spec']}`), {s['trials']} trained trials per configuration, {s['epochs']} QAT epoch(s), "
+                 f"(`{s['fixed_spec']}`), {s['trials']} trained trials per configuration and round, {s['epochs']} QAT epoch(s), "
                  f"train cap {s['train_limit'] or 'none'}; {s['postgres_version'] or 'PostgreSQL'} local server on "
                  f"127.0.0.1 (fsync off). {common.loadavg_note(out['clock'])}.")
     lines.append("")
     rows = [[r["config"], r["trained"], f"{r['execute_s']:.0f} s", f"{r['trials_per_hour']:.0f}",
-             f"{r['steady_trials_per_hour']:.0f}", common.fmt(r["candidate_s_median"], 1),
-             "/".join(str(n) for n in r["trials_per_worker"]), f"{r['loadavg_start'][0]:.1f} -> {r['loadavg_end'][0]:.1f}"]
+             " / ".join(f"{v:.0f}" for v in r["per_round_trials_per_hour"]), f"{r['steady_trials_per_hour']:.0f}",
+             common.fmt(r["candidate_s_median"], 1),
+             ", ".join("/".join(str(n) for n in rr["trials_per_worker"]) for rr in r["rounds"]),
+             ", ".join(f"{rr['loadavg_start'][0]:.1f}" for rr in r["rounds"])]
             for r in out["throughput"]]
-    lines.append(common.table(["configuration", "trained", "wall (workers started to done)", "trials/hour",
-                               "steady-state trials/hour", "median candidate s", "trials per worker",
-                               "1-min load start -> end"], rows))
+    lines.append(common.table(["configuration", "trained", "wall (workers started to done, all rounds)",
+                               "trials/hour", "per round", "steady-state trials/hour", "median candidate s",
+                               "trials per worker", "1-min load at each start"], rows))
+    lines.append("")
+    lines.append(f"{s.get('rounds', 1)} round(s), the configurations in alternating order; trials/hour = trained trials / "
+                 "wall time including the workers' start-up (TensorFlow import, data loading); steady state = from "
+                 "the first trial's start to the last trial's end.")
     lines.append("")
     o = out["loop_overhead"]
     lines.append(f"Search-loop cost per trial with the candidate's training stubbed out, on a study of generated "
@@ -405,10 +441,21 @@ def markdown(out: dict[str, Any]) -> str:
                  f"trials per cell, ms:")
     lines.append("")
     rows = [[f"{r['records']:,}", r["sampler"], r["sampler_ms"], r["profile_ms"], r["storage_and_bookkeeping_ms"],
-             r["total_ms"], r.get("coordinator_poll_ms", "-")] for r in o["rows"]]
+             r["total_ms"]] for r in o["rows"]]
     lines.append(common.table(["records", "sampler", "sampling (Optuna sampler calls)", "analytic profile",
                                "storage + bookkeeping (ask/tell, 26 suggest writes, attributes, budget claim, "
-                               "loop counts)", "total per trial", "coordinator poll (Run.summary, 1/s)"], rows))
+                               "loop counts)", "total per trial"], rows))
+    lines.append("")
+    lines.append("Reading the run (the coordinator's progress poll, `nas pareto`, the app), ms:")
+    lines.append("")
+    seen, rows = set(), []
+    for r in o["rows"]:
+        if r["records"] in seen:
+            continue
+        seen.add(r["records"])
+        rows.append([f"{r['records']:,}", r.get("summary_cold_ms", "-"), r.get("coordinator_poll_ms", "-")])
+    lines.append(common.table(["records", "open the run + Run.summary() (cold)",
+                               "Run.summary() again (warm trial cache: each 1-s progress poll of nas search)"], rows))
     return "\n".join(lines)
 
 
@@ -435,10 +482,18 @@ def plot(out: dict[str, Any], path: Path) -> bool:
         ax2.plot([r["records"] for r in mine], [r["total_ms"] for r in mine], marker="o", color=c, label=f"{name}: total")
         ax2.plot([r["records"] for r in mine], [r["sampler_ms"] for r in mine], marker=".", ls="--", color=c,
                  label=f"{name}: sampler")
+    polls = {r["records"]: r for r in rows if "coordinator_poll_ms" in r}
+    if polls:
+        ks = sorted(polls)
+        ax2.plot(ks, [polls[k]["coordinator_poll_ms"] for k in ks], marker="s", color="grey",
+                 label="Run.summary, warm (progress poll)")
+        if all("summary_cold_ms" in polls[k] for k in ks):
+            ax2.plot(ks, [polls[k]["summary_cold_ms"] for k in ks], marker="s", ls=":", color="grey",
+                     label="open run + Run.summary (cold)")
     ax2.set_xscale("log")
     ax2.set_yscale("log")
     ax2.set_xlabel("trial records in the study (generated)")
-    ax2.set_ylabel("ms per trial, training excluded")
+    ax2.set_ylabel("ms (per trial, training excluded; per poll)")
     ax2.set_title("search-loop cost per trial (SQLite)", fontsize=10)
     ax2.legend(fontsize=8)
     for ax in (ax1, ax2):
@@ -455,6 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
     ap.add_argument("--reps", type=int, default=5, help="timed loop iterations per size and sampler (default 5)")
+    ap.add_argument("--rounds", type=int, default=2, help="throughput rounds, in alternating order (default 2)")
     ap.add_argument("--skip-postgres", action="store_true", help="leave out the PostgreSQL configuration")
     ap.add_argument("--quick", action="store_true", help="MNIST, a 16 px candidate, 2 trials, small studies (tests)")
     ap.add_argument("--keep-runs", type=Path, default=None)
@@ -469,7 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     clock = common.Clock()
     with common.scratch(args.keep_runs, "tinynas-scaling-") as root:
         if args.quick:
-            args.trials, args.epochs, args.sizes, args.reps = 2, 1, [20, 60], 2
+            args.trials, args.epochs, args.sizes, args.reps, args.rounds = 2, 1, [20, 60], 2, 1
             space = root / "quick_fixed.yaml"
             space.write_text(yaml.safe_dump(QUICK_FIXED, sort_keys=False))
             dataset, label, train_limit = "mnist", "mnist (embedded)", 64
@@ -478,22 +534,27 @@ def main(argv: list[str] | None = None) -> int:
             dataset, label, train_limit = str(common.VWW96), "../shared/data/vww96", None
         sp = space_mod.load_space(str(space))
         assert sp.size() == 1, "the throughput space must be a single candidate"
-        configs: list[tuple[str, int, str | None]] = [("1 worker, SQLite", 1, None), ("2 workers, SQLite", 2, None)]
-        tp = [throughput(name, w, st, args, root, space, dataset, train_limit) for name, w, st in configs]
-        for r in tp:
-            print(f"{r['config']}: {r['trained']} trained in {r['execute_s']:.0f} s = {r['trials_per_hour']:.0f}/h",
-                  flush=True)
+        configs: list[tuple[str, int, bool]] = [("1 worker, SQLite", 1, False), ("2 workers, SQLite", 2, False)]
         if not args.skip_postgres:
-            with common.postgres() as url:
-                tp.append(throughput("2 workers, PostgreSQL", 2, url, args, root, space, dataset, train_limit))
-            print(f"{tp[-1]['config']}: {tp[-1]['trained']} trained in {tp[-1]['execute_s']:.0f} s", flush=True)
-        fixed_spec = json.loads(json.dumps(results.open_run(root / slug(configs[0][0])).trials()[0].spec))
+            configs.append(("2 workers, PostgreSQL", 2, True))
+        with contextlib.ExitStack() as stack:
+            url = stack.enter_context(common.postgres()) if not args.skip_postgres else None
+            raw = []
+            for k in range(args.rounds):
+                # alternate the order so that a drift in the machine's background load favours no configuration
+                for name, w, pg in (configs if k % 2 == 0 else configs[::-1]):
+                    r = throughput(name, w, url if pg else None, args, root, space, dataset, train_limit, k)
+                    raw.append(r)
+                    print(f"round {k}: {name}: {r['trained']} trained in {r['execute_s']:.0f} s = "
+                          f"{r['trials_per_hour']:.0f}/h", flush=True)
+        tp = [combine(name, [r for r in raw if r["config"] == name]) for name, _, _ in configs]
+        fixed_spec = results.open_run(root / slug(f"{configs[0][0]} r0")).trials()[0].spec
         overhead = loop_overhead(args, root, dataset)
     out = common.header("scaling", args.quick)
     out["settings"] = {"dataset": dataset, "dataset_label": label, "constraints": common.CONSTRAINTS,
                        "trials": args.trials, "epochs": args.epochs, "train_limit": train_limit, "fixed_spec": fixed_spec,
                        "sampler": "tpe", "postgres_version": common.postgres_version(), "sizes": args.sizes,
-                       "reps": args.reps, "records_are_generated": True}
+                       "reps": args.reps, "rounds": args.rounds, "records_are_generated": True}
     out["throughput"] = tp
     out["loop_overhead"] = overhead
     out["clock"] = clock.record()

@@ -242,12 +242,14 @@ def markdown(out: dict[str, Any]) -> str:
         rows.append(row)
     lines.append(common.table(["k", *agg], rows))
     lines.append("")
-    lines.append("Per trained candidate, median seconds (nas.candidate.evaluate's timings; train = float + QAT; "
+    lines.append("Per trained candidate, median seconds (nas.candidate.evaluate's timings; float_train = float epochs before QAT, 0 here: the search's recipe "
+                 "is INT8 QAT from scratch; qat_train = the QAT epochs; "
                  "loop = trial time outside evaluate: sampling, profile, storage, bookkeeping, over every trial but a worker's "
                  "first; first trial = the same for a worker's first trial, which also imports TensorFlow):")
     lines.append("")
     rows = []
-    for phase in ("data", "build", "train", "convert", "evaluate", "measure", "candidate_total", "loop_overhead",
+    for phase in ("data", "build", "float_train", "qat_train", "convert", "evaluate", "measure", "candidate_total",
+                  "loop_overhead",
                   "first_trial_overhead", "trial_total"):
         rows.append([phase, *[common.fmt(agg[n]["breakdown"].get(phase), 2) for n in agg]])
     lines.append(common.table(["phase", *[f"{n} (n={agg[n]['breakdown']['candidates']})" for n in agg]], rows))

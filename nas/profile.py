@@ -30,6 +30,14 @@ _FLASH_PER_TENSOR = 89
 _FLASH_PER_OP = 52
 _FLASH_FIXED = 697
 
+# How far an analytic memory figure may be from the measured one, as a fraction of the limit it is checked
+# against. bench/results/fidelity.md (60 random specs, both heads, up to 224 px) measured max errors of
+# 0.12% (peak SRAM vs TFLM arena, always under), 0.43% (flash vs .tflite, both ways) and 0.07% (IMX500
+# memory model vs converted graph); the margin is about twice the worst. Inside it the estimate cannot
+# decide a limit, so the candidate is trained and its measured figure decides (see paper_verdict). MACs,
+# latency and energy are exact functions of the spec: no margin.
+ESTIMATE_MARGIN = {"sram_bytes": 0.01, "flash_bytes": 0.01, "onchip_bytes": 0.01}
+
 
 @dataclass(frozen=True)
 class Op:
@@ -321,6 +329,27 @@ def measure_spec(spec: ArchSpec, seed: int = 0) -> Measured:
     return measure(untrained_int8(spec, seed))
 
 
+def paper_verdict(key: str, value: float, limit: float) -> str:
+    """What an analytic figure can say about one limit: ``fits``, ``exceeds`` or ``borderline``.
+
+    ``borderline`` means within :data:`ESTIMATE_MARGIN` of the limit, where the cost model's own error could
+    flip the answer. The search trains borderline candidates and lets the measured model decide, so a
+    candidate is rejected on paper only when it breaks a limit by more than the model can be wrong.
+    """
+    margin = ESTIMATE_MARGIN.get(key, 0.0) * float(limit)
+    if value > limit + margin:
+        return "exceeds"
+    if value > limit - margin:
+        return "borderline"
+    return "fits"
+
+
+def checks_verdict(checks: list[Any]) -> str:
+    """The verdict of a candidate on all its limit checks: the worst of :func:`paper_verdict` over them."""
+    verdicts = {paper_verdict(c.name, c.value, c.limit) for c in checks}
+    return next((v for v in ("exceeds", "borderline") if v in verdicts), "fits")
+
+
 def report(prof: Profile, target=None) -> dict[str, Any]:
     """The profile as one JSON-ready record, with the target's limits, latency and energy when given."""
     peak = prof.layers[prof.peak_layer]
@@ -332,6 +361,7 @@ def report(prof: Profile, target=None) -> dict[str, Any]:
         "peak_layer": {"index": peak.index, "op": peak.kind, "name": peak.name, "shape": list(peak.shape),
                        "live_bytes": peak.live_bytes},
         "target": None, "latency_ms": None, "inference_ms": None, "energy_mj": None, "limits": [], "fits": None,
+        "verdict": None,
     }
     if target is not None:
         values = {**prof.limit_values(target.runtime), "latency_ms": target.latency_ms(prof.macs),
@@ -342,8 +372,9 @@ def report(prof: Profile, target=None) -> dict[str, Any]:
             latency_ms=values["latency_ms"], inference_ms=target.inference_ms(prof.macs),
             energy_mj=values["energy_mj"],
             limits=[{"name": c.name, "value": c.value, "limit": c.limit, "unit": c.unit,
-                     "headroom": c.headroom, "ok": c.ok} for c in checks],
-            fits=all(c.ok for c in checks),
+                     "headroom": c.headroom, "ok": c.ok,
+                     "verdict": paper_verdict(c.name, c.value, c.limit)} for c in checks],
+            fits=all(c.ok for c in checks), verdict=checks_verdict(checks),
         )
     return out
 
@@ -354,6 +385,11 @@ def _human(value: float, unit: str) -> str:
     if unit == "MACs":
         return f"{value / 1e6:,.2f} M"
     return f"{value:,.3f} {unit}"
+
+
+_RESULT = {"fits": "pass", "exceeds": "FAIL", "borderline": "borderline (within the estimate's margin)"}
+_FITS = {"fits": "yes", "exceeds": "NO",
+         "borderline": "borderline: within the cost model's error of a limit; train it and the measured model decides"}
 
 
 def format_report(rep: dict[str, Any], prof: Profile) -> str:
@@ -380,6 +416,6 @@ def format_report(rep: dict[str, Any], prof: Profile) -> str:
                   f"{'limit':<12}{'value':>16}{'limit':>16}{'headroom':>16}  result"]
         for c in rep["limits"]:
             lines.append(f"{c['name']:<12}{_human(c['value'], c['unit']):>16}{_human(c['limit'], c['unit']):>16}"
-                         f"{_human(c['headroom'], c['unit']):>16}  {'pass' if c['ok'] else 'FAIL'}")
-        lines.append(f"\nfits        {'yes' if rep['fits'] else 'NO'}")
+                         f"{_human(c['headroom'], c['unit']):>16}  {_RESULT[c['verdict']]}")
+        lines.append(f"\nfits        {_FITS[rep['verdict']]}")
     return "\n".join(lines)

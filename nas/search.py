@@ -14,7 +14,9 @@ Decisions, and why:
 * **Objectives**: the INT8 task metric (accuracy up or gaze error down), the *measured* peak memory the
   target's runtime needs (TFLM arena, or the IMX500 memory model), and energy per inference from the
   constraint file's model (down).
-* **Feasibility first**: each sampled spec is profiled analytically; one that breaks a limit records one
+* **Feasibility first**: each sampled spec is profiled analytically; one that breaks a limit by more than the
+  cost model's error (``nas.profile.ESTIMATE_MARGIN``, 1%; inside it the candidate is trained and its measured
+  figure decides, trial attribute ``borderline``) records one
   ``trial.set_constraint`` per limit (``(value - limit) / limit``, feasible when <= 0) and ends PRUNED with
   status ``rejected``: never trained, no files, no training time. PRUNED rather than COMPLETE because there
   is no honest INT8 metric to report, and TPE still learns from it (it ranks infeasible trials by their
@@ -290,6 +292,7 @@ def feasible_fraction(space: Any, shape: Any, target: Any, n: int = FEASIBILITY_
     A few hundred milliseconds; it stops a search whose space can never fit before any worker starts.
     ``flash`` (a list) collects the flash estimates of the points that fit (to size the disk a run needs).
     """
+    from nas import profile
     from nas import space as space_mod
 
     rng = random.Random(seed)
@@ -298,7 +301,7 @@ def feasible_fraction(space: Any, shape: Any, target: Any, n: int = FEASIBILITY_
     for _ in range(n):
         spec = space_mod.to_spec(space, space_mod.sample(space, lambda _name, ch: rng.choice(ch)), shape)
         rec, checks = estimate_record(spec, target)
-        fits = all(c.ok for c in checks)
+        fits = profile.checks_verdict(checks) != "exceeds"
         ok += fits
         if fits and flash is not None:
             flash.append(float(rec["flash_bytes"]))
@@ -702,6 +705,7 @@ class Worker:
         """Profile, reject or train one sampled candidate. Never trains one that breaks a limit on paper."""
         import optuna
 
+        from nas import profile
         from nas import space as space_mod
 
         trial.set_user_attr("worker", {"host": HOST, "pid": os.getpid(), "index": self.index})
@@ -709,12 +713,20 @@ class Worker:
         estimate, checks = estimate_record(spec, self.target)
         trial.set_user_attr("spec", spec.to_string())
         trial.set_user_attr("estimate", estimate)
-        if not all(c.ok for c in checks):
+        verdicts = {c.name: profile.paper_verdict(c.name, c.value, c.limit) for c in checks}
+        if "exceeds" in verdicts.values():
             for c in checks:
                 trial.set_constraint(c.name, violation(c))
             trial.set_user_attr("status", "rejected")
-            broken = ", ".join(f"{c.name} {c.value:,.4g} > {c.limit:,.4g}" for c in checks if not c.ok)
+            broken = ", ".join(f"{c.name} {c.value:,.4g} > {c.limit:,.4g}" for c in checks
+                               if verdicts[c.name] == "exceeds")
             raise optuna.TrialPruned(f"infeasible on paper: {broken}")
+        borderline = [name for name, v in verdicts.items() if v == "borderline"]
+        if borderline:
+            # Within the cost model's error of a limit: only the measured model can tell; train it.
+            trial.set_user_attr("borderline", borderline)
+            log.info("trial %d: %s within the estimate's margin of the limit; the measured model decides",
+                     trial.number, ", ".join(borderline))
         trial.set_user_attr("status", "training")
         if not self._claim(trial):
             trial.set_user_attr("status", "unused")

@@ -403,3 +403,58 @@ def test_must_show_commands(tmp_path, constraints, dataset, space, limit):
     out = nas(*args, timeout=3600)
     assert out.returncode == 0, out.stderr[-3000:]
     check_run(run_dir, memory_limit=limit, macs_limit=60e6 if "mcu" in constraints else None)
+
+
+# -- the cost model's margin: only a clear breach is rejected on paper ----------------------------------
+
+
+ONE_POINT = {**TINY, "resolution": 16, "width": 0.25,
+             "stages": [{**st, **{k: v[0] for k, v in st.items() if isinstance(v, list)}} for st in TINY["stages"]],
+             "head": {"kind": "classifier", "hidden": 0}}
+
+
+def _flash_limited_target(tmp_path: Path, factor: float) -> tuple[Path, Path, int]:
+    """The one-point space and a copy of mcu_vww.yaml whose flash limit is ``factor`` x the point's estimate."""
+    from nas import profile
+    from nas import space as space_mod
+
+    space_file = write_space(tmp_path / "one.yaml", ONE_POINT)
+    space = space_mod.load_space(str(space_file))
+    spec = space_mod.to_spec(space, {}, space_mod.DataShape(task="classification", classes=10, channels=1))
+    estimate = profile.estimate(spec).flash_bytes
+    data = yaml.safe_load((ROOT / "constraints" / "mcu_vww.yaml").read_text())
+    data["limits"]["flash"] = f"{int(estimate * factor)} B"
+    target = tmp_path / f"flash_{factor}.yaml"
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return space_file, target, estimate
+
+
+def test_a_candidate_within_the_estimates_margin_is_trained_and_measured(tmp_path):
+    from nas import profile
+
+    assert profile.paper_verdict("flash_bytes", 1004, 1000) == "borderline"
+    assert profile.paper_verdict("flash_bytes", 996, 1000) == "borderline"
+    assert profile.paper_verdict("flash_bytes", 1011, 1000) == "exceeds"
+    assert profile.paper_verdict("flash_bytes", 989, 1000) == "fits"
+    assert profile.paper_verdict("macs", 1001, 1000) == "exceeds"  # exact: no margin
+    # The estimate is 0.4% over the limit: inside the margin, so the search trains it and measures.
+    space_file, target, estimate = _flash_limited_target(tmp_path, 0.996)
+    run_dir = tmp_path / "run"
+    out = nas("search", "--constraints", str(target), "--dataset", "mnist", "--trials", "1", *QUICK,
+              "--space", str(space_file), "--run-dir", str(run_dir))
+    assert out.returncode == 0, out.stderr[-3000:]
+    run = results.open_run(run_dir)
+    [trial] = run.study().get_trials()
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["borderline"] == ["flash_bytes"]
+    [record] = run.trials()
+    limit = int(estimate * 0.996)
+    assert record.status == "trained" and record.tflite_bytes
+    # the measured .tflite size, not the estimate, decides the flash limit
+    assert record.constraints["flash_bytes"] == pytest.approx((record.tflite_bytes - limit) / limit)
+    assert record.feasible == (record.tflite_bytes <= limit)
+    # 2% over: the cost model is sure, and no point of the space can fit: refused before searching.
+    space_file, target, _ = _flash_limited_target(tmp_path, 0.98)
+    out = nas("search", "--constraints", str(target), "--dataset", "mnist", "--trials", "1", *QUICK,
+              "--space", str(space_file), "--run-dir", str(tmp_path / "run2"))
+    assert out.returncode == 2 and "none of" in out.stderr and "flash_bytes" in out.stderr, out.stderr
+    assert not (tmp_path / "run2").exists()
