@@ -41,11 +41,16 @@ if str(ROOT) not in sys.path:
 
 
 def commit() -> str:
-    """Short hash of the checked-out commit ('+dirty' when tracked files differ from it), or 'unknown'."""
+    """Short hash of the checked-out commit ('+dirty' when tracked files differ from it), or 'unknown'.
+
+    Results in bench/results/ do not count as a difference: one benchmark's fresh results must not mark the
+    next benchmark of the same run as measured on modified code.
+    """
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT,
                               timeout=30).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)bench/results"], capture_output=True,
                                text=True, cwd=ROOT, timeout=30).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

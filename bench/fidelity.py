@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import random
-import subprocess
 import sys
 import time
 from collections import Counter
@@ -41,7 +40,9 @@ from typing import Any, Iterable
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))  # tests.random_specs: the sampler that covers every option of a spec
+sys.path.insert(0, str(ROOT / "bench"))
 
+import common  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
@@ -368,11 +369,6 @@ def plot(rows: list[dict[str, Any]], sram_limit: int, path: Path) -> None:
     plt.close(fig)
 
 
-def _commit() -> str:
-    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                          cwd=ROOT).stdout.strip() or "unknown"
-
-
 def _machine() -> str:
     import tensorflow as tf
 
@@ -398,7 +394,7 @@ def run(n: int, seed: int, quick: bool) -> dict[str, Any]:
     rows = [measure_row(i, c, seed + i, limits)
             for i, c in enumerate(tqdm(chosen, desc="convert + measure", unit="spec"))]
     return {
-        "benchmark": "fidelity", "commit": _commit(), "machine": _machine(), "quick": quick, "seed": seed,
+        "benchmark": "fidelity", "commit": common.commit(), "machine": _machine(), "quick": quick, "seed": seed,
         "n": len(rows), "runtime_s": round(time.perf_counter() - t0, 1),
         "goal": {"max_rel_error": GOAL_MAX_ERROR, "wrong_verdicts": 0},
         "sram_limit": sram_limit,
