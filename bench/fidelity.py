@@ -12,7 +12,7 @@ and converts each one with trained-like parameters (:func:`nas.profile.untrained
 
 It reports the relative error distribution (median, 95th percentile, max) per quantity and how often the
 verdict on paper (:func:`nas.profile.paper_verdict`: fits, exceeds, or borderline within the cost model's
-margin, where the search trains the candidate and its measured figure decides) is wrong, for the SRAM and flash limits of
+margin, where the search measures the untrained candidate's INT8 model before training) is wrong, for the SRAM and flash limits of
 ``constraints/mcu_vww.yaml`` and the on-chip limit of ``constraints/imx500.yaml``. Goal: every error under
 5%, no wrong verdict. A verdict check only means something near the limit, so half of the specs are chosen
 with an estimated peak SRAM within 10% of the 250 KB limit; the other half spread over heads and resolutions.
@@ -298,7 +298,7 @@ def markdown(result: dict[str, Any]) -> str:
         e = s["errors"][q]
         lines.append(f"| {e['what']} | {_pct(e['median'])} | {_pct(e['p95'])} | {_pct(e['max'])} | "
                      f"{'yes' if e['goal_met'] else 'NO'} |")
-    lines += ["", "| verdict | limit | specs within 10% of it | borderline on paper (trained; measured: over the limit) "
+    lines += ["", "| verdict | limit | specs within 10% of it | borderline on paper (measured before training: over the limit) "
                   "| wrong (false fit / false reject) |",
               "|---|---|---|---|---|"]
     for name, v in s["verdicts"].items():
@@ -307,7 +307,8 @@ def markdown(result: dict[str, Any]) -> str:
     margins = ", ".join(f"{k} {100 * m:g}%" for k, m in profile.ESTIMATE_MARGIN.items())
     lines += ["", f"Verdict on paper: exceeds (rejected, never trained) when the estimate is over the limit by more "
                   f"than the cost model's margin ({margins} of the limit, nas.profile.ESTIMATE_MARGIN), borderline "
-                  f"within it (the search trains the candidate and the measured figure decides), fits below."]
+                  f"within it (the search converts the untrained candidate and measures it, seconds, before any "
+                  f"training: memory does not depend on the weights), fits below."]
     wrong = [(name, r) for r in rows for name, v in r["verdicts"].items() if _wrong(v)]
     if wrong:
         lines += ["", "Wrong verdicts:", ""]
