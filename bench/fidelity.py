@@ -304,9 +304,10 @@ def markdown(result: dict[str, Any]) -> str:
     for name, v in s["verdicts"].items():
         lines.append(f"| {name} | {v['limit_bytes']:,} B | {v['near_limit']} | {v['borderline']} "
                      f"({v['borderline_failed']}) | {v['wrong']} ({v['false_fit']} / {v['false_reject']}) |")
-    margins = ", ".join(f"{k} {100 * m:g}%" for k, m in profile.ESTIMATE_MARGIN.items())
+    margins = (", ".join(f"{k} {100 * m:g}%" for k, m in profile.ESTIMATE_MARGIN.items())
+               + f" of the limit, at least {profile.ESTIMATE_MARGIN_MIN_BYTES:,} B")
     lines += ["", f"Verdict on paper: exceeds (rejected, never trained) when the estimate is over the limit by more "
-                  f"than the cost model's margin ({margins} of the limit, nas.profile.ESTIMATE_MARGIN), borderline "
+                  f"than the cost model's margin ({margins}; nas.profile.ESTIMATE_MARGIN), borderline "
                   f"within it (the search converts the untrained candidate and measures it, seconds, before any "
                   f"training: memory does not depend on the weights), fits below."]
     wrong = [(name, r) for r in rows for name, v in r["verdicts"].items() if _wrong(v)]

@@ -15,8 +15,9 @@ Decisions, and why:
   target's runtime needs (TFLM arena, or the IMX500 memory model), and energy per inference from the
   constraint file's model (down).
 * **Feasibility first**: each sampled spec is profiled analytically; one that breaks a limit by more than the
-  cost model's error (``nas.profile.ESTIMATE_MARGIN``, 1%; inside it the candidate is trained and its measured
-  figure decides, trial attribute ``borderline``) records one
+  cost model's error (``nas.profile.ESTIMATE_MARGIN``: 1% of the limit, at least 1 KiB) is rejected on paper. Inside that margin the
+  untrained INT8 model is converted and measured (seconds; memory does not depend on the weights, trial
+  attribute ``borderline``) and that decides. A rejected trial records one
   ``trial.set_constraint`` per limit (``(value - limit) / limit``, feasible when <= 0) and ends PRUNED with
   status ``rejected``: never trained, no files, no training time. PRUNED rather than COMPLETE because there
   is no honest INT8 metric to report, and TPE still learns from it (it ranks infeasible trials by their
@@ -40,7 +41,10 @@ Decisions, and why:
 * **Lost storage, full disk**: a worker that loses the study's database (PostgreSQL stopped, network gone)
   logs one ERROR line and exits with status 4; the coordinator rides out an outage while polling and, if the
   study is still unreachable when its workers are gone, ends with one line and exit 1 (``StorageUnavailable``):
-  committed trials are safe in the database and ``--resume`` continues. The run directory is checked before
+  committed trials are safe in the database and ``--resume`` continues. A disk that fills during the search:
+  before each trial a worker checks there is room for one (else, and on a write that fails with ENOSPC or
+  SQLite's "disk is full", it logs one ERROR line and exits with status 5); the cut-off trial is
+  ``interrupted``, not failed, and the coordinator ends with one line and exit 1 (``DiskFull``). The run directory is checked before
   anything is read or trained: it must be creatable and writable (a real write) and have room for the study and
   at least one trial (a warning when not for the whole budget); ``--resume`` checks it again.
 * **Many machines**: start the run with ``--storage postgresql+psycopg2://...`` and the run directory on a
@@ -53,6 +57,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -93,6 +98,7 @@ POLL_S = 1.0
 STOP_WAIT_S = 15.0
 ENV_STORAGE = "TINYNAS_STORAGE_URL"
 EXIT_STORAGE = 4                     # a worker's exit status when it lost the study's storage
+EXIT_DISK_FULL = 5                   # a worker's exit status when the run directory's disk is full
 RUN_DIR_RESERVE_BYTES = 16 * 1024 ** 2   # study.db, logs and the run's own files
 TRIAL_FILE_OVERHEAD_BYTES = 256 * 1024   # per trial: .h5 container, JSON files (measured ~180 KB)
 TRIAL_FLASH_FACTOR = 6               # .tflite ~ the flash estimate; the QAT .h5 holds float weights and more
@@ -192,11 +198,29 @@ def _versions() -> dict[str, str]:
 
 
 class StorageUnavailable(RuntimeError):
-    """The study's database cannot be reached (server stopped, network, disk full); finished trials are safe in it."""
+    """The study's database cannot be reached (server stopped, network); finished trials are safe in it."""
 
     def __init__(self, message: str, worker_errors: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.worker_errors = tuple(worker_errors)
+
+
+class DiskFull(StorageUnavailable):
+    """The run directory's file system filled up during the search; finished trials are kept."""
+
+
+def disk_full(e: BaseException | None) -> bool:
+    """Is ``e`` (or an error behind it) a full disk: ENOSPC / EDQUOT, or SQLite's "database or disk is full"?"""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(getattr(e, "orig", None) or e)
+        if "disk is full" in text or "No space left on device" in text or "errno = 28" in text:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def storage_problem(e: BaseException | None) -> str | None:
@@ -472,11 +496,8 @@ def _check_resume_disk(run: results.Run, budget: int) -> None:
     """The run directory must still have room for the trials left to train (a clear error before any start)."""
     trials_dir = run.path / results.TRIALS_DIR
     _probe_write(trials_dir if trials_dir.is_dir() else run.path, "--resume", run.path)
-    worker = Worker.load(run.path)
-    flash: list[float] = []
-    feasible_fraction(worker.space, worker.shape, worker.target, n=100, seed=0, flash=flash)
     left = max(1, budget - run.summary().used)
-    check_disk_space(run.path, left, trial_disk_bytes(flash), flag="--resume")
+    check_disk_space(run.path, left, Worker.load(run.path).trial_disk_bytes(), flag="--resume")
 
 
 def _fail_stale(url: str, name: str) -> None:
@@ -547,6 +568,7 @@ def execute(run_dir: str | Path, *, workers: int = 1, storage: str | None = None
     threads = max(1, (os.cpu_count() or 1) // workers)
     procs = [_spawn(run, k, session, threads, storage) for k in range(workers)]
     errors: list[str] = []
+    full = False  # a worker stopped on a full disk
     done: set[int] = set()
     lost: list[str] = []  # storage problems seen while polling: workers may outlast a short outage
 
@@ -569,7 +591,11 @@ def execute(run_dir: str | Path, *, workers: int = 1, storage: str | None = None
                     done.add(k)
                     tolerate(lambda p=p: fail_orphans(run.study(), _pid_alive, {p.pid}))
                     log_file = logs / f"worker-{session}-{k}.log"
-                    if p.returncode == EXIT_STORAGE:
+                    if p.returncode == EXIT_DISK_FULL:
+                        errors.append(f"worker {k} stopped: the disk of {run.path} is full (exit status "
+                                      f"{p.returncode}); see {log_file}")
+                        full = True
+                    elif p.returncode == EXIT_STORAGE:
                         errors.append(f"worker {k} lost the study's storage and stopped (exit status "
                                       f"{p.returncode}); see {log_file}")
                     elif p.returncode != 0:
@@ -594,6 +620,8 @@ def execute(run_dir: str | Path, *, workers: int = 1, storage: str | None = None
         raise StorageUnavailable(f"the study's storage {results.redact(run.url)} is unreachable ({problem}); "
                                  f"finished trials are kept in it. When it is back, continue with: "
                                  f"nas search --resume {run.path}", errors) from None
+    if full and summary.used < summary.budget:
+        raise DiskFull(_disk_full_message(run.path, shutil.disk_usage(run.path).free, None), errors)
     max_rejected = int(run.config.get("max_rejected", 0))
     stopped = None
     if summary.used < summary.budget and summary.rejected >= max_rejected:
@@ -701,6 +729,19 @@ class Worker:
                    target=load_target(str(run_dir / "constraints.yaml")),
                    shape=space_mod.DataShape.from_description(desc), budget=dict(config["budget"]), index=index)
 
+    def trial_disk_bytes(self) -> int:
+        """Disk space one trial of this run needs (:func:`trial_disk_bytes` over 100 points of the space)."""
+        flash: list[float] = []
+        feasible_fraction(self.space, self.shape, self.target, n=100, seed=0, flash=flash)
+        return trial_disk_bytes(flash)
+
+    def check_room(self, per_trial: int) -> None:
+        """Raise :class:`DiskFull` when the run directory cannot hold one more trial: a worker stops before
+        training a candidate whose files could not be written."""
+        free = shutil.disk_usage(self.run_dir).free
+        if free < per_trial:
+            raise DiskFull(_disk_full_message(self.run_dir, free, per_trial))
+
     def objective(self, trial: Any) -> tuple[float, float, float]:
         """Profile, reject or train one sampled candidate. Never trains one that breaks a limit on paper."""
         import optuna
@@ -715,18 +756,17 @@ class Worker:
         trial.set_user_attr("estimate", estimate)
         verdicts = {c.name: profile.paper_verdict(c.name, c.value, c.limit) for c in checks}
         if "exceeds" in verdicts.values():
-            for c in checks:
-                trial.set_constraint(c.name, violation(c))
-            trial.set_user_attr("status", "rejected")
-            broken = ", ".join(f"{c.name} {c.value:,.4g} > {c.limit:,.4g}" for c in checks
-                               if verdicts[c.name] == "exceeds")
-            raise optuna.TrialPruned(f"infeasible on paper: {broken}")
+            self._reject(trial, checks, [c for c in checks if verdicts[c.name] == "exceeds"], "on paper")
         borderline = [name for name, v in verdicts.items() if v == "borderline"]
         if borderline:
-            # Within the cost model's error of a limit: only the measured model can tell; train it.
-            trial.set_user_attr("borderline", borderline)
-            log.info("trial %d: %s within the estimate's margin of the limit; the measured model decides",
-                     trial.number, ", ".join(borderline))
+            # Within the cost model's error of a limit: the untrained INT8 model's memory decides, in seconds.
+            measured = self._measure_untrained(spec)
+            trial.set_user_attr("borderline", {"limits": borderline, "measured": measured})
+            checks = measured_checks(estimate, measured, self.target)
+            log.info("trial %d: %s within the estimate's margin of the limit; measured before training (%.1f s)",
+                     trial.number, ", ".join(borderline), measured["seconds"])
+            if not all(c.ok for c in checks):
+                self._reject(trial, checks, [c for c in checks if not c.ok], "when measured before training")
         trial.set_user_attr("status", "training")
         if not self._claim(trial):
             trial.set_user_attr("status", "unused")
@@ -737,14 +777,30 @@ class Worker:
             metrics = self._train(spec, self.run_dir / trial_dir, trial)
             values = self._values(metrics, estimate)
         except Exception as e:
-            trial.set_user_attr("status", "failed")
-            trial.set_user_attr("reason", _reason(e))
+            # A full disk is not the candidate's fault: the trial is cut off (run again on resume), not failed.
+            trial.set_user_attr("status", "interrupted" if disk_full(e) else "failed")
+            trial.set_user_attr("reason", ("disk full: " if disk_full(e) else "") + _reason(e))
             raise
         for c in measured_checks(estimate, metrics, self.target):
             trial.set_constraint(c.name, violation(c))
         trial.set_user_attr("metrics", metrics)
         trial.set_user_attr("status", "trained")
         return values
+
+    def _reject(self, trial: Any, checks: list[Any], broken: list[Any], how: str) -> None:
+        """End a trial that cannot fit: one constraint per limit, status ``rejected``, never trained."""
+        import optuna
+
+        for c in checks:
+            trial.set_constraint(c.name, violation(c))
+        trial.set_user_attr("status", "rejected")
+        text = ", ".join(f"{c.name} {c.value:,.4g} > {c.limit:,.4g}" for c in broken)
+        raise optuna.TrialPruned(f"infeasible {how}: {text}")
+
+    def _measure_untrained(self, spec: Any) -> dict[str, Any]:
+        from nas.candidate import measure_untrained
+
+        return measure_untrained(spec, self.target.runtime)
 
     def _claim(self, trial: Any) -> bool:
         """Take a budget slot: this trial already says ``training``; re-read the study and count the claims.
@@ -786,6 +842,12 @@ class Worker:
         if not all(v == v and abs(v) != float("inf") for v in values):
             raise CandidateFailed(f"non-finite objective values {values}")
         return values
+
+
+def _disk_full_message(run_dir: Path, free: int, per_trial: int | None) -> str:
+    need = "" if per_trial is None else f"; a trial needs about {per_trial / 1024 ** 2:,.1f} MB"
+    return (f"the disk of {run_dir} is full ({free / 1024 ** 2:,.1f} MB free{need}); the search stopped and "
+            f"finished trials are kept. Free some space, then continue with: nas search --resume {run_dir}")
 
 
 def _reason(e: BaseException) -> str:
@@ -865,7 +927,11 @@ def run_worker(run_dir: Path, index: int, session: int, storage: str | None = No
     sampler = make_sampler(config["sampler"], worker_seed(int(config["seed"]), session, index), trials)
     try:
         return _worker_loop(run_dir, worker, url, sampler, trials, max_rejected)
+    except DiskFull:
+        raise
     except Exception as e:
+        if disk_full(e):
+            raise DiskFull(_disk_full_message(run_dir, shutil.disk_usage(run_dir).free, None)) from e
         problem = storage_problem(e)
         if problem is None:
             raise
@@ -882,6 +948,7 @@ def _worker_loop(run_dir: Path, worker: "Worker", url: str, sampler: Any, trials
     if study.user_attrs.get(results.RUN_ID_ATTR) != config["run_id"]:
         log.error("study %s does not belong to run %s", config["study_name"], run_dir)
         return 2
+    per_trial = worker.trial_disk_bytes()
     while True:
         used, rejected = _counts(study)
         if used >= trials:
@@ -890,6 +957,7 @@ def _worker_loop(run_dir: Path, worker: "Worker", url: str, sampler: Any, trials
         if rejected >= max_rejected:
             log.warning("%d candidates rejected before training (cap %d): stopping", rejected, max_rejected)
             return 0
+        worker.check_room(per_trial)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
             study.optimize(worker.objective, n_trials=1, catch=(Exception,))
@@ -930,6 +998,9 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except UserError as e:
         log.error("%s", e)
         return 2
+    except DiskFull as e:
+        log.error("%s", e)
+        return EXIT_DISK_FULL
     except StorageUnavailable as e:
         log.error("%s", e)
         return EXIT_STORAGE

@@ -419,6 +419,46 @@ def test_resume_onto_a_full_or_read_only_disk_is_refused_before_training(tmp_pat
         assert not (run_dir / "logs").exists()
 
 
+def fill(disk: Path) -> Path:
+    """Someone else fills the disk to the last byte."""
+    filler = disk / "filler"
+    with open(filler, "wb", buffering=0) as f:
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * (1 << 20))
+        with contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+    return filler
+
+
+def test_disk_that_fills_during_the_search_stops_it_cleanly_and_resume_finishes(tmp_path):
+    with tmpfs(tmp_path / "disk", "40m") as disk:
+        run_dir = disk / "run"
+        proc = start_search(tmp_path, *tiny_search_args(tmp_path, run_dir, 2))
+        try:
+            wait_for(lambda: (run_dir / "run.yaml").exists(), 300, "the run directory")
+            run = results.Run(run_dir)
+            _, victim = wait_for(lambda: first_trained_and_live(run, run_dir), 600, "a finished trial and one training")
+            before = trained_snapshot(run_dir)
+            filler = fill(disk)
+            assert shutil.disk_usage(disk).free < 64 * 1024
+            proc.wait(timeout=600)
+        finally:
+            stop(proc)
+        err = proc.err_path.read_text()
+        assert proc.returncode == 1, err[-3000:]
+        assert "Traceback" not in err
+        assert "nas search: worker 0 stopped: the disk of" in err and "(exit status 5)" in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("nas search: error: the disk of") and f"nas search --resume {run_dir}" in last, last
+        assert not [t for t in results.Run(run_dir).frozen_trials() if t.state.name == "COMPLETE"
+                    and t.number not in before]  # nothing was trained after the disk filled
+        filler.unlink()
+        records = resume_to_the_end(run_dir, before, 2, [victim.number])
+        assert records[victim.number].status == "interrupted"  # not failed: a full disk is not the candidate's fault
+
+
 # -- PostgreSQL stops during a distributed run ------------------------------------------------------------------
 
 

@@ -413,48 +413,60 @@ ONE_POINT = {**TINY, "resolution": 16, "width": 0.25,
              "head": {"kind": "classifier", "hidden": 0}}
 
 
-def _flash_limited_target(tmp_path: Path, factor: float) -> tuple[Path, Path, int]:
-    """The one-point space and a copy of mcu_vww.yaml whose flash limit is ``factor`` x the point's estimate."""
+def _flash_limited_target(tmp_path: Path, limit: int, name: str) -> Path:
+    """A copy of mcu_vww.yaml whose flash limit is ``limit`` bytes."""
+    data = yaml.safe_load((ROOT / "constraints" / "mcu_vww.yaml").read_text())
+    data["limits"]["flash"] = f"{limit} B"
+    target = tmp_path / f"{name}.yaml"
+    target.write_text(yaml.safe_dump(data, sort_keys=False))
+    return target
+
+
+def test_paper_verdict_has_a_margin_only_where_the_cost_model_can_be_wrong():
+    from nas import profile
+
+    assert profile.paper_verdict("flash_bytes", 250_000, 250_000) == "borderline"
+    assert profile.paper_verdict("flash_bytes", 252_400, 250_000) == "borderline"  # 1% of the limit
+    assert profile.paper_verdict("flash_bytes", 247_600, 250_000) == "borderline"
+    assert profile.paper_verdict("flash_bytes", 252_600, 250_000) == "exceeds"
+    assert profile.paper_verdict("flash_bytes", 247_400, 250_000) == "fits"
+    assert profile.paper_verdict("sram_bytes", 5_000, 4_000) == "borderline"  # at least 1 KiB
+    assert profile.paper_verdict("sram_bytes", 5_100, 4_000) == "exceeds"
+    assert profile.paper_verdict("macs", 60_000_001, 60_000_000) == "exceeds"  # MACs are exact: no margin
+    assert profile.paper_verdict("energy_mj", 0.9, 1.0) == "fits"
+
+
+def test_a_candidate_within_the_estimates_margin_is_measured_before_training(tmp_path):
+    import optuna
+
     from nas import profile
     from nas import space as space_mod
 
     space_file = write_space(tmp_path / "one.yaml", ONE_POINT)
-    space = space_mod.load_space(str(space_file))
-    spec = space_mod.to_spec(space, {}, space_mod.DataShape(task="classification", classes=10, channels=1))
-    estimate = profile.estimate(spec).flash_bytes
-    data = yaml.safe_load((ROOT / "constraints" / "mcu_vww.yaml").read_text())
-    data["limits"]["flash"] = f"{int(estimate * factor)} B"
-    target = tmp_path / f"flash_{factor}.yaml"
-    target.write_text(yaml.safe_dump(data, sort_keys=False))
-    return space_file, target, estimate
-
-
-def test_a_candidate_within_the_estimates_margin_is_trained_and_measured(tmp_path):
-    from nas import profile
-
-    assert profile.paper_verdict("flash_bytes", 1004, 1000) == "borderline"
-    assert profile.paper_verdict("flash_bytes", 996, 1000) == "borderline"
-    assert profile.paper_verdict("flash_bytes", 1011, 1000) == "exceeds"
-    assert profile.paper_verdict("flash_bytes", 989, 1000) == "fits"
-    assert profile.paper_verdict("macs", 1001, 1000) == "exceeds"  # exact: no margin
-    # The estimate is 0.4% over the limit: inside the margin, so the search trains it and measures.
-    space_file, target, estimate = _flash_limited_target(tmp_path, 0.996)
-    run_dir = tmp_path / "run"
-    out = nas("search", "--constraints", str(target), "--dataset", "mnist", "--trials", "1", *QUICK,
-              "--space", str(space_file), "--run-dir", str(run_dir))
+    spec = space_mod.to_spec(space_mod.load_space(str(space_file)), {},
+                             space_mod.DataShape(task="classification", classes=10, channels=1))
+    measured, estimate = profile.measure_spec(spec).tflite_bytes, profile.estimate(spec).flash_bytes
+    assert profile.paper_verdict("flash_bytes", estimate, measured - 1) == "borderline"  # paper cannot tell
+    # One byte under the real size: the untrained INT8 model is measured and the candidate rejected, untrained.
+    run_dir = search.create_run(request(tmp_path, "tight", trials=1, space=str(space_file),
+                                        constraints=str(_flash_limited_target(tmp_path, measured - 1, "tight"))))
+    trial = results.open_run(run_dir).study().ask()
+    with pytest.raises(optuna.TrialPruned, match="infeasible when measured before training: flash_bytes"):
+        search.Worker.load(run_dir).objective(trial)
+    frozen = results.open_run(run_dir).study().get_trials()[0]
+    assert frozen.user_attrs["status"] == "rejected"
+    assert frozen.user_attrs["borderline"]["measured"]["tflite_bytes"] == measured
+    assert not (run_dir / results.TRIALS_DIR / str(frozen.number)).exists()  # never trained
+    # The limit exactly the real size: trained, and the trained model's .tflite has exactly that size.
+    run_dir = tmp_path / "exact"
+    out = nas("search", "--constraints", str(_flash_limited_target(tmp_path, measured, "exact")), "--dataset",
+              "mnist", "--trials", "1", *QUICK, "--space", str(space_file), "--run-dir", str(run_dir))
     assert out.returncode == 0, out.stderr[-3000:]
-    run = results.open_run(run_dir)
-    [trial] = run.study().get_trials()
-    assert trial.state.name == "COMPLETE" and trial.user_attrs["borderline"] == ["flash_bytes"]
-    [record] = run.trials()
-    limit = int(estimate * 0.996)
-    assert record.status == "trained" and record.tflite_bytes
-    # the measured .tflite size, not the estimate, decides the flash limit
-    assert record.constraints["flash_bytes"] == pytest.approx((record.tflite_bytes - limit) / limit)
-    assert record.feasible == (record.tflite_bytes <= limit)
-    # 2% over: the cost model is sure, and no point of the space can fit: refused before searching.
-    space_file, target, _ = _flash_limited_target(tmp_path, 0.98)
+    [record] = results.open_run(run_dir).trials()
+    assert record.status == "trained" and record.feasible and record.tflite_bytes == measured
+    # Well over the limit on paper: refused before searching, nothing measured or trained.
+    target = _flash_limited_target(tmp_path, estimate - 2048, "over")
     out = nas("search", "--constraints", str(target), "--dataset", "mnist", "--trials", "1", *QUICK,
-              "--space", str(space_file), "--run-dir", str(tmp_path / "run2"))
+              "--space", str(space_file), "--run-dir", str(tmp_path / "over"))
     assert out.returncode == 2 and "none of" in out.stderr and "flash_bytes" in out.stderr, out.stderr
-    assert not (tmp_path / "run2").exists()
+    assert not (tmp_path / "over").exists()
