@@ -258,7 +258,10 @@ def markdown(out: dict[str, Any]) -> str:
                  "sampling, the analytic profile and the trial's storage writes (median "
                  + ", ".join(f"{n} {common.median([r['time']['rejected_median_ms'] for r in out['runs'] if r['sampler'] == n]) or 0:.0f} ms"
                              for n in agg)
-                 + " per rejected trial on SQLite; scaling.md splits this up); trained candidates whose measured arena "
+                 + " per rejected trial on SQLite; scaling.md splits this up). A candidate whose estimate is within the cost "
+                 "model's margin of a limit is converted untrained and measured before training (seconds; in a "
+                 "worker's first trial this includes importing TensorFlow), and rejected if it does not fit: the "
+                 "time-on-rejected and infeasible-share columns include that. Trained candidates whose measured arena "
                  "or .tflite broke a limit: " + ", ".join(f"{n} {agg[n]['trained_infeasible']}" for n in agg) + ".")
     lines.append("")
     lines.append(f"Same seed, same start: TPE's first {startup_trials(s['trials'])} trials (rejected ones included) are "
