@@ -313,7 +313,10 @@ def main(argv: list[str] | None = None) -> int:
     import plotly
     import streamlit
 
-    out = {"benchmark": "app_load", "generated_trials": True, "trials": gen["trials"], "trained": gen["trained"],
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import common
+
+    out = {"benchmark": "app_load", "commit": common.commit(), "generated_trials": True, "trials": gen["trials"], "trained": gen["trained"],
            "rejected": gen["rejected"], "failed": gen["failed"], "generate_s": gen["generate_s"], "repeat": args.repeat,
            "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                        "python": platform.python_version(),
@@ -323,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "app_load" if args.trials == 2000 else f"app_load_{args.trials}"
     (args.out / f"{stem}.json").write_text(json.dumps(out, indent=1) + "\n")
-    lines = [f"# Explorer load / redraw time, {gen['trials']:,} trials", "",
+    lines = [f"# Explorer load / redraw time, {gen['trials']:,} trials, commit {out['commit']}", "",
              f"The {gen['trials']:,} trial records were **generated for this measurement** by `bench/app_load.py`: "
              f"points of the shipped mobilenetv3 space sampled with a fixed seed, profiled with the search's own "
              f"`estimate_record` against mcu_vww.yaml and written into a real run directory's Optuna SQLite study "
