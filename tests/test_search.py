@@ -362,6 +362,7 @@ def postgres():
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@pytest.mark.slow  # the default suite's PostgreSQL fault test runs 2 workers on PostgreSQL and checks the same
 def test_two_workers_share_a_postgresql_study_without_losing_or_repeating_trials(tmp_path, postgres):
     space = write_space(tmp_path / "tiny.yaml", TINY)
     run_dir = tmp_path / "run"
