@@ -207,7 +207,7 @@ def postgres_available() -> bool:
 
 @contextmanager
 def postgres() -> Iterator[str]:
-    """A throw-away PostgreSQL server on a free local port, as tests/test_search.py starts one; its URL.
+    """A throw-away PostgreSQL server on a free local port (the tests' fixture too); its URL.
 
     Debian's ``postgresql`` server binaries (initdb, pg_ctl); as root the server runs as user postgres.
     Trust authentication on 127.0.0.1 only, fsync off (the data is thrown away); stopped and removed at the end.

@@ -6,15 +6,11 @@ Nothing is mocked: every trained trial ran nas.candidate.evaluate.
 """
 from __future__ import annotations
 
-import glob
 import json
-import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -26,6 +22,9 @@ from nas import arena, results, search
 from nas.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from common import _free_port, _pg_bin, postgres_available  # noqa: E402,F401  - one PostgreSQL helper for all
+from common import postgres as postgres_server  # noqa: E402
 NAS = [str(Path(sys.executable).parent / "nas")]
 QUICK = ["--epochs", "1", "--train-limit", "300"]
 
@@ -312,54 +311,14 @@ def test_sigkill_then_resume_keeps_finished_trials_and_runs_the_rest(tmp_path):
 # -- two workers on PostgreSQL ---------------------------------------------------------------------------------
 
 
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return versions[-1] if versions else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def postgres():
-    """A throw-away PostgreSQL server on a free local port (Debian's `postgresql` package); stopped at the end."""
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
+    """A throw-away PostgreSQL server on a free local port (bench/common.py's, shared with the benchmarks)."""
+    if not postgres_available():
         pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's 'postgresql' package "
                     "(apt-get install -y postgresql)")
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    tmp = Path(tempfile.mkdtemp(prefix="tinynas-pg-"))
-    if as_postgres:
-        shutil.chown(tmp, "postgres", "postgres")
-    data, port = tmp / "data", _free_port()
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*as_postgres, *cmd], check=True, capture_output=True, text=True, timeout=120)
-
-    started = False
-    try:
-        run(initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-        run(pg_ctl, "-D", str(data), "-l", str(tmp / "log.txt"), "-w", "-t", "60", "start",
-            "-o", f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off")
-        started = True
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE tinynas")
-        conn.close()
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/tinynas"
-    finally:
-        if started:
-            subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True,
-                           timeout=120)
-        shutil.rmtree(tmp, ignore_errors=True)
+    with postgres_server() as url:
+        yield url
 
 
 @pytest.mark.slow  # the default suite's PostgreSQL fault test runs 2 workers on PostgreSQL and checks the same
