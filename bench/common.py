@@ -276,3 +276,26 @@ def render_only(path: Path, markdown_fn: Any, plot_fn: Any) -> int:
     md = finish(Path(path).parent, Path(path).stem, out, markdown_fn, plot_fn, write_json=False)
     print(md)
     return 0
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on the file-only Agg backend, or None where matplotlib is missing (no plot then)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def save_figure(fig: Any, path: Path) -> bool:
+    """Write a benchmark's figure (tight layout, 120 dpi) and free it; True, for the result's ``plot`` field."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+

@@ -460,12 +460,8 @@ def markdown(out: dict[str, Any]) -> str:
 
 
 def plot(out: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = common.pyplot()
+    if plt is None:
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
     tp = out["throughput"]
@@ -498,10 +494,7 @@ def plot(out: dict[str, Any], path: Path) -> bool:
     ax2.legend(fontsize=8)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

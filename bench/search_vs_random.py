@@ -271,12 +271,8 @@ def markdown(out: dict[str, Any]) -> str:
 
 
 def plot(out: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = common.pyplot()
+    if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     colors = {"tpe": "tab:blue", "random": "tab:orange"}
@@ -293,10 +289,7 @@ def plot(out: dict[str, Any], path: Path) -> bool:
     ax.set_title(f"Feasible Pareto front, {out['settings']['dataset_label']}, mcu_vww.yaml", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -216,12 +216,8 @@ def markdown(out: dict[str, Any]) -> str:
 
 
 def plot(out: dict[str, Any], path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = common.pyplot()
+    if plt is None:
         return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     colors = dict(zip((m["name"] for m in out["models"]), ("tab:blue", "tab:orange", "tab:green")))
@@ -251,10 +247,7 @@ def plot(out: dict[str, Any], path: Path) -> bool:
     ax2.legend(fontsize=7)
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return True
+    return common.save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:
