@@ -1,7 +1,7 @@
 """Where a candidate's INT8 conversion time goes, before and after the frozen-graph path.
 
 Side by side in one run, on the same QAT models: TensorFlow's ``from_keras_model`` (which exports the whole
-Keras object as a SavedModel first) against ``nas.convert.to_int8``'s default (trace once, freeze variables,
+Keras object as a SavedModel first) against ``nas.tf.convert.to_int8``'s default (trace once, freeze variables,
 convert). Each model is converted ``--repeat`` times both ways, in alternating order (keras first, then frozen
 first), so both paths see the same machine load; the table gives min / median / max and the ratio of the
 medians. Writes bench/results/convert_time.json and .md.
@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import nas  # noqa: E402,F401  - sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from nas import builder, convert  # noqa: E402
+from nas.tf import builder, convert  # noqa: E402
 from nas.spec import preset  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -47,7 +47,8 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import nas  # noqa: E402,F401  - sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from nas import arena, profile  # noqa: E402
+from nas import arena, profile, tflm  # noqa: E402
+from nas.tf import convert  # noqa: E402
 from nas.hardware import load_target  # noqa: E402
 from nas.space import DataShape, Space, load_space, sample, to_spec  # noqa: E402
 from nas.spec import ArchSpec  # noqa: E402
@@ -203,11 +204,11 @@ def measure_row(index: int, cand: Candidate, seed: int, limits: dict[str, tuple[
     """Convert one spec and put every estimate next to its measured value."""
     spec, est = cand.spec, cand.estimate
     t0 = time.perf_counter()
-    tflite = profile.untrained_int8(spec, seed)
+    tflite = convert.untrained_int8(spec, seed)
     t1 = time.perf_counter()
     meas = profile.measure(tflite)
     graph = arena.read_graph(tflite)
-    tflm = arena.measure_tflm(tflite)  # head / tail split: which half of the SRAM model a miss comes from
+    real = tflm.measure_tflm(tflite)  # head / tail split: which half of the SRAM model a miss comes from
     t2 = time.perf_counter()
     values = {
         "sram": (est.peak_sram_bytes, meas.tflm_arena_bytes),
@@ -221,8 +222,8 @@ def measure_row(index: int, cand: Candidate, seed: int, limits: dict[str, tuple[
     }
     for q, (e, m) in values.items():
         row[q] = {"estimated": e, "measured": m, "rel_error": (e - m) / m}
-    row["sram_parts"] = {"head_estimated": est.activation_bytes, "head_measured": tflm.head_bytes,
-                         "tail_estimated": est.runtime_overhead_bytes, "tail_measured": tflm.tail_bytes}
+    row["sram_parts"] = {"head_estimated": est.activation_bytes, "head_measured": real.head_bytes,
+                         "tail_estimated": est.runtime_overhead_bytes, "tail_measured": real.tail_bytes}
     row["verdicts"] = {
         name: {"quantity": q, "limit": limit, "estimated": profile.paper_verdict(key, values[q][0], limit),
                "fits_measured": values[q][1] <= limit}

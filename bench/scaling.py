@@ -13,7 +13,7 @@ Part 2, the search loop's own cost per trial as the study grows. A study of the 
 space under ``mcu_vww.yaml`` is filled with *generated* trial records (not trained: random points of the
 space, profiled for real; those that break a limit are recorded as rejected exactly as a worker records them,
 the rest as trained with synthetic metrics, timings and history of realistic size), to 100, 1,000 and 5,000
-records. At each size the worker's loop runs a few times with ``nas.candidate.evaluate`` replaced by a stub
+records. At each size the worker's loop runs a few times with ``nas.tf.candidate.evaluate`` replaced by a stub
 that returns at once: Optuna ask (the sampler: multi-objective TPE with constraints, and random for comparison),
 the analytic profile, the budget claim (a re-read of the study), the user attributes, Optuna tell, the loop's
 counts; plus one coordinator poll (``Run.summary()``, once a second while a search runs). Everything but the
@@ -153,7 +153,7 @@ def combine(label: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class StubWorker(search.Worker):
-    """The real worker with ``nas.candidate.evaluate`` replaced by an instant stub; times its own phases."""
+    """The real worker with ``nas.tf.candidate.evaluate`` replaced by an instant stub; times its own phases."""
 
     rng = random.Random(1)
     marks: dict[str, float] = {}
@@ -166,14 +166,14 @@ class StubWorker(search.Worker):
             self.marks["leave"] = time.perf_counter()
 
     def _train(self, spec: Any, out_dir: Path, trial: Any) -> dict[str, Any]:
-        from nas.train import Budget
+        from nas.budget import Budget
 
         budget = self._full_budget(trial.study, Budget)
         return synthetic_metrics(spec, self.target, budget.to_dict(), self.rng)
 
 
 def synthetic_metrics(spec: Any, target: Any, budget: dict[str, Any], rng: random.Random) -> dict[str, Any]:
-    """What nas.candidate.evaluate returns, with made-up numbers (same keys, same size)."""
+    """What nas.tf.candidate.evaluate returns, with made-up numbers (same keys, same size)."""
     from nas import profile
 
     est = profile.estimate(spec)
@@ -206,7 +206,7 @@ def generated_trials(worker: search.Worker, n: int, start: int, rng: random.Rand
     from optuna.distributions import CategoricalDistribution
     from optuna.trial import TrialState
 
-    from nas.train import Budget
+    from nas.budget import Budget
 
     dists = {name: CategoricalDistribution(list(vals)) for name, vals in worker.space.parameters().items()}
     out = []

@@ -16,7 +16,7 @@ Reported per search and per sampler:
   Only trained trials that meet every limit with their *measured* memory and ``.tflite`` size count;
 * the share of the search's wall time spent on infeasible candidates: rejected on paper (they cost only the
   analytic profile) and trained ones whose measured memory / flash broke a limit (goal: zero);
-* the per-candidate time breakdown (medians of ``nas.candidate.evaluate``'s timings: data, build,
+* the per-candidate time breakdown (medians of ``nas.tf.candidate.evaluate``'s timings: data, build,
   train = float + QAT, convert, evaluate, measure) and what the search loop adds around a candidate.
 
 Writes ``search_vs_random.{json,md,png}`` to ``bench/results/`` (``search_vs_random_quick.*`` with
@@ -242,7 +242,7 @@ def markdown(out: dict[str, Any]) -> str:
         rows.append(row)
     lines.append(common.table(["k", *agg], rows))
     lines.append("")
-    lines.append("Per trained candidate, median seconds (nas.candidate.evaluate's timings; float_train = float epochs before QAT, 0 here: the search's recipe "
+    lines.append("Per trained candidate, median seconds (nas.tf.candidate.evaluate's timings; float_train = float epochs before QAT, 0 here: the search's recipe "
                  "is INT8 QAT from scratch; qat_train = the QAT epochs; "
                  "loop = trial time outside evaluate: sampling, profile, storage, bookkeeping, over every trial but a worker's "
                  "first; first trial = the same for a worker's first trial, which also imports TensorFlow):")
@@ -331,7 +331,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r['summary']['feasible']}/{r['summary']['trained']} feasible, {r['summary']['rejected']} rejected, "
                   f"wall {r['wall_s']:.0f} s", flush=True)
         desc = results.open_run(runs[0]["run_dir"]).dataset_description()
-        from nas.train import Budget
+        from nas.budget import Budget
 
         budget = Budget(epochs=args.epochs, train_limit=train_limit).to_dict()
         if args.keep_runs is None:

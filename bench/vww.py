@@ -11,7 +11,7 @@ On ``../shared/data/vww96`` (600 labelled 96x96 RGB images, person / non-person;
    (``--epochs``, ``--patience``, learning rate, batch), once per training seed (``--seeds``; a seed sets the
    initialisation, the shuffling and the 390 / 90 / 120 split), converted to full INT8 and measured;
 3. side by side: INT8 accuracy on the test split and on the unseen holdout folder
-   (``../shared/holdout/vww96``, all of it, via ``nas.convert.evaluate_file``), the measured TFLM arena, flash
+   (``../shared/holdout/vww96``, all of it, via ``nas.tf.convert.evaluate_file``), the measured TFLM arena, flash
    (``.tflite`` size), MACs, estimated latency and energy from ``mcu_vww.yaml``'s model, and whether each
    model fits the target with its measured memory and flash.
 
@@ -76,8 +76,9 @@ def _init_worker(threads: int) -> None:
 def train_final(job: dict[str, Any]) -> dict[str, Any]:
     """One model with the shared recipe: train, INT8, measure; then the holdout folder. Runs in a worker process."""
     logging.basicConfig(level=logging.WARNING)
-    from nas import convert
-    from nas.candidate import Budget, evaluate
+    from nas.tf import convert
+    from nas.budget import Budget
+    from nas.tf.candidate import evaluate
     target = load_target(common.CONSTRAINTS)
     spec = ArchSpec.from_string(job["spec"])  # not load_spec: it stats the string as a path first
     t0 = time.perf_counter()
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     common.search_env()
     clock = common.Clock()
     from nas import data
-    from nas.train import Budget
+    from nas.budget import Budget
 
     train_limit = None
     if args.quick:

@@ -48,7 +48,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     prof = profile.estimate(spec)
     report = profile.report(prof, target)
     if args.measure:
-        report["measured"] = profile.measure_spec(spec).to_dict()
+        from nas.tf import convert  # TensorFlow only when a conversion is asked for
+
+        report["measured"] = convert.measure_spec(spec).to_dict()
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -57,9 +59,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from nas.candidate import CandidateError, evaluate
+    from nas.tf.candidate import CandidateError, evaluate
     from nas.hardware import load_target
-    from nas.train import Budget
+    from nas.budget import Budget
 
     spec = _spec_from_args(args)
     target = load_target(args.constraints) if args.constraints else None
@@ -94,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from nas.convert import evaluate_file
+    from nas.tf.convert import evaluate_file
 
     result = evaluate_file(args.model, args.dataset, split=args.split, seed=args.seed)
     if args.json:

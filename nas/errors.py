@@ -22,6 +22,14 @@ class UserError(Exception):
         super().__init__(f"{where}{what}{expected}")
 
 
+class CandidateError(RuntimeError):
+    """One candidate's own failure (NaN loss, out of memory, a conversion the converter refused).
+
+    The reason is the message. The search records such a trial as failed and goes on; any other exception
+    is a bug and stops the worker.
+    """
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A ' (did you mean 'x'?)' suffix for an unknown name, or '' when nothing is close."""
     close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)

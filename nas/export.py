@@ -228,7 +228,7 @@ def parse_header_int(text: str, name: str) -> int | None:
 
 @dataclass(frozen=True)
 class Trial:
-    """A trained candidate folder, read: the layout :func:`nas.candidate.evaluate` writes."""
+    """A trained candidate folder, read: the layout :func:`nas.tf.candidate.evaluate` writes."""
 
     path: Path
     spec: ArchSpec
@@ -286,9 +286,9 @@ def run_tflm(tflite: bytes, arena_size: int, inputs: Any) -> Any:
     import numpy as np
     from tflite_micro import runtime
 
-    from nas.arena import _CaptureStderr  # TFLM logs to C stderr; keep it off the user's terminal
+    from nas.tflm import CaptureStderr  # TFLM logs to C stderr; keep it off the user's terminal
 
-    with _CaptureStderr() as cap:
+    with CaptureStderr() as cap:
         try:
             interp = runtime.Interpreter.from_bytes(tflite, arena_size=int(arena_size))
         except RuntimeError:
@@ -297,7 +297,7 @@ def run_tflm(tflite: bytes, arena_size: int, inputs: Any) -> Any:
         raise RuntimeError(f"TFLM could not allocate the model in an arena of {arena_size} bytes: "
                            + " | ".join(ln.strip() for ln in cap.text.splitlines() if ln.strip())[:300])
     outs = []
-    with _CaptureStderr():
+    with CaptureStderr():
         for x in inputs:
             interp.set_input(np.asarray(x)[None, ...], 0)
             interp.invoke()
@@ -324,7 +324,7 @@ def _tflite_reference(tflite: bytes, inputs: Any) -> Any:
 
 def _load_data(trial: Trial) -> Any:
     """The data set the trial was trained on (same name and seed, so the same test split)."""
-    from nas.candidate import load_dataset
+    from nas.tf.candidate import load_dataset
 
     name, seed = trial.metrics.get("dataset"), int(trial.metrics.get("seed", 0))
     if not name:
@@ -498,7 +498,8 @@ def _write_bundle(trial: Trial, tmp: Path, name: str, *, target: Any, run_info: 
     """Write every file of the bundle into ``tmp`` (metadata.json and README.md last)."""
     import numpy as np
 
-    from nas import arena, data as data_mod, profile
+    from nas import arena, profile, tflm
+    from nas.tf import pipeline
 
     timings: dict[str, float] = {}
     spec, tflite = trial.spec, trial.tflite
@@ -507,7 +508,7 @@ def _write_bundle(trial: Trial, tmp: Path, name: str, *, target: Any, run_info: 
         raise UserError(str(trial.path / TFLITE), "input/output", f"a full-integer model with int8 input and "
                                                                   f"output, got {inp['dtype']} / {out['dtype']}")
     t = time.perf_counter()
-    meas = arena.measure_tflm(tflite, find_minimum=True)
+    meas = tflm.measure_tflm(tflite, find_minimum=True)
     minimum = int(meas.min_arena_bytes or meas.arena_bytes)
     arena_size, margin = arena_with_margin(minimum)
     measured = profile.measure(tflite)
@@ -517,7 +518,7 @@ def _write_bundle(trial: Trial, tmp: Path, name: str, *, target: Any, run_info: 
     t = time.perf_counter()
     ds = _load_data(trial)
     grid = ds.grid_channels
-    x_test = data_mod.prepare(ds.test, spec.resolution, spec.channels, grid)
+    x_test = pipeline.prepare(ds.test, spec.resolution, spec.channels, grid)
     idx = _sample_indices(len(x_test), n_samples)
     x_float = np.asarray(x_test[idx], dtype=np.float32)
     x_q = _quantize(x_float, inp["scale"], inp["zero_point"])
@@ -663,10 +664,10 @@ def _imx500_part(trial: Trial, tmp: Path, name: str, ds: Any, x_float: Any, y_tf
                 "how_to_add": "nas imx500 setup, then export again with --force"}
     import numpy as np
 
-    from nas import data as data_mod
+    from nas.tf import pipeline
 
     weights, float_out = _float_model_weights(trial, x_float)
-    rep = data_mod.prepare(ds.train, trial.spec.resolution, trial.spec.channels, ds.grid_channels)
+    rep = pipeline.prepare(ds.train, trial.spec.resolution, trial.spec.channels, ds.grid_channels)
     rep = np.asarray(rep[:REPRESENTATIVE_SAMPLES], dtype=np.float32)
     work = Path(tempfile.mkdtemp(prefix=".imx500-", dir=tmp.parent))
     try:
@@ -706,7 +707,7 @@ def _float_model_weights(trial: Trial, x_float: Any) -> tuple[dict[str, Any], An
     import tensorflow_model_optimization as tfmot
     import tf_keras as keras
 
-    from nas import builder
+    from nas.tf import builder
     from nas import imx500 as imx
 
     with tfmot.quantization.keras.quantize_scope(builder.CUSTOM_OBJECTS):
@@ -743,7 +744,7 @@ def _imx500_comparison(conv: Any, float_out: Any, y_tflm: Any, out: dict[str, An
         "rebuild_check": {
             "float_max_abs_diff": float(np.abs(np.asarray(conv.float_outputs) - float_out).max()),
             "mct_vs_tflite_int8_max_abs_diff": float(np.abs(mct - tflm_float).max()),
-            "how": "the model rebuilt in the converter's venv vs nas.builder's float model with the same weights "
+            "how": "the model rebuilt in the converter's venv vs nas.tf.builder's float model with the same weights "
                    "(should be ~1e-6), and MCT's quantized model vs our INT8 .tflite on the samples",
         },
         "converter": conv.worker.get("versions", {}),

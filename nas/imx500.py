@@ -283,7 +283,7 @@ def float_weights(qat_model: Any, float_model: Any) -> dict[str, Any]:
 
     tfmot wraps each layer ``L`` as ``quant_L`` and keeps its kernel / bias / batch-norm variables (plus
     quantizer min / max variables that a float model has no use for). ``float_model`` is
-    ``nas.builder.build(spec)``: every one of its weights must be found, with the same shape; the values are
+    ``nas.tf.builder.build(spec)``: every one of its weights must be found, with the same shape; the values are
     also set on ``float_model`` so the caller can compare it with the rebuilt model in the converter's venv.
     """
     found: dict[str, Any] = {}

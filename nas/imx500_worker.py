@@ -3,12 +3,12 @@
 Why a separate script: ``imx500-converter`` 3.19 needs TensorFlow 2.14-2.15, numpy < 2 and
 ``model-compression-toolkit`` 2.5 (STACK.md), which cannot live next to our TensorFlow 2.21 / ``tf_keras`` /
 tfmot. The converter only accepts models exported by MCT, so the trained network is rebuilt here from its
-spec with plain Keras 2.15 layers, its float weights are loaded by layer name (``nas.builder`` names layers
+spec with plain Keras 2.15 layers, its float weights are loaded by layer name (``nas.tf.builder`` names layers
 by block position, so the names match), MCT quantizes it for the IMX500 with a representative set we pass
 in, and exports ``model.keras`` for ``imxconv-tf``.
 
 This file imports only the standard library, numpy, TensorFlow, MCT and ``nas.spec`` (pure Python: it
-pulls in nothing but ``nas.errors``). It must not import ``nas.builder``, ``tf_keras`` or tfmot.
+pulls in nothing but ``nas.errors``). It must not import ``nas.tf.builder``, ``tf_keras`` or tfmot.
 
 Usage (the bridge in :mod:`nas.imx500` calls it)::
 
@@ -41,7 +41,7 @@ WORKER_FILE = "worker.json"
 
 
 # --------------------------------------------------------------------------------------------- rebuild
-# Mirrors nas.builder.build layer for layer and name for name. Our own HardSwish / HardSigmoid / SEMultiply
+# Mirrors nas.tf.builder.build layer for layer and name for name. Our own HardSwish / HardSigmoid / SEMultiply
 # / Scale layers become the forms MCT's IMX500 target knows: ReLU(6) between tf.add / tf.multiply
 # (exactly how keras.applications.MobileNetV3 writes hard-sigmoid), and Keras Multiply. The head's Dropout
 # is left out: it is the identity at inference and holds no weights.
@@ -125,7 +125,7 @@ def _block(x, spec: ArchSpec, block: Block, in_ch: int, stride: int, name: str):
 
 
 def build(spec: ArchSpec):
-    """The float Keras 2.15 model of ``spec``, with nas.builder's layer names (weights load by name)."""
+    """The float Keras 2.15 model of ``spec``, with nas.tf.builder's layer names (weights load by name)."""
     tf, L = _layers()
     inputs = tf.keras.Input((spec.resolution, spec.resolution, spec.input_channels), name="input")
     x = inputs

@@ -1,7 +1,7 @@
 """Profile first: MACs, parameters, flash and peak SRAM from the spec alone, in milliseconds.
 
 The analytic profile walks the same operator graph the TFLite converter emits for a model built by
-:mod:`nas.builder` (BN folded, ReLU / ReLU6 fused into the producing op, hard-swish as its own
+:mod:`nas.tf.builder` (BN folded, ReLU / ReLU6 fused into the producing op, hard-swish as its own
 ``HARD_SWISH`` op, the squeeze-excite gate as ``ADD(relu6) + MUL``, ...), gives every activation tensor
 its INT8 size and lifetime, and places them with the same greedy planner TensorFlow Lite Micro uses
 (:mod:`nas.arena`). Peak SRAM = that planned activation arena + a calibrated model of TFLM's
@@ -16,10 +16,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from nas import arena
+from nas import arena, tflm
 from nas.spec import ArchSpec, Block, make_divisible
 
-# Flatbuffer size model (names are stripped at conversion, nas.convert.strip_names): constant data (int8
+# Flatbuffer size model (names are stripped at conversion, nas.tf.convert.strip_names): constant data (int8
 # weights, int32 biases) plus, per per-channel-quantized output channel, the scale and zero-point entries of
 # the weight and its bias (~24 B), per tensor its table and quantization record (~89 B), per op its entry
 # (~52 B), and a header. Least-squares fit on 35 converted models (30 random specs, mobilenetv1-vww,
@@ -299,37 +299,8 @@ def measure(tflite: bytes) -> Measured:
     model (weights and activations both held on chip) evaluated on the converted graph."""
     graph = arena.read_graph(tflite)
     constants = sum(t.nbytes for t in graph.main.tensors if t.is_constant)
-    return Measured(tflite_bytes=len(tflite), tflm_arena_bytes=arena.measure_tflm(tflite).arena_bytes,
+    return Measured(tflite_bytes=len(tflite), tflm_arena_bytes=tflm.measure_tflm(tflite).arena_bytes,
                     imx500_bytes=constants + arena.plan_arena(arena.buffers_from_graph(graph)))
-
-
-def untrained_int8(spec: ArchSpec, seed: int = 0, samples: int = 8) -> bytes:
-    """INT8 conversion of an untrained QAT model, enough for memory: memory depends on the graph, not on
-    the weights' values. Biases and batch-norm statistics are randomised first: at initialisation they are
-    all zero, and the converter drops zero dense biases and shares identical zero buffers, which would make
-    the file smaller than a trained candidate's (by 0.1-9.4% over 60 random specs, bench/fidelity.py). With
-    random values the file matches one after real training steps, byte for byte."""
-    import numpy as np
-    import tf_keras as keras
-
-    from nas import builder, convert
-
-    keras.utils.set_random_seed(seed)
-    model = builder.build_qat(spec)
-    rng = np.random.default_rng(seed)
-    for v in model.weights:
-        leaf = v.name.rsplit("/", 1)[-1]
-        if leaf in ("bias:0", "beta:0", "moving_mean:0"):
-            v.assign(rng.normal(0.0, 0.1, v.shape).astype(np.float32))
-        elif leaf in ("gamma:0", "moving_variance:0"):
-            v.assign(rng.uniform(0.5, 1.5, v.shape).astype(np.float32))
-    x = rng.random((samples, spec.resolution, spec.resolution, spec.input_channels), dtype=np.float32)
-    model(x, training=True)  # one step so the activation quantizers hold real ranges
-    return convert.to_int8(model, x, samples=samples)
-
-
-def measure_spec(spec: ArchSpec, seed: int = 0) -> Measured:
-    return measure(untrained_int8(spec, seed))
 
 
 def paper_verdict(key: str, value: float, limit: float) -> str:

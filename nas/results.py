@@ -34,6 +34,7 @@ import numpy as np
 import yaml
 
 from nas.errors import UserError
+from nas.metrics import metric_for
 
 RUN_FILE = "run.yaml"
 RUN_FORMAT = 1
@@ -46,12 +47,6 @@ STATUSES = ("trained", "rejected", "failed", "interrupted", "unused", "running")
 # Which statuses use up the trial budget: a trained or failed candidate cost its training time. Rejected
 # candidates cost milliseconds; interrupted and unused ones are run again.
 BUDGET_STATUSES = ("trained", "failed")
-METRICS = {"classification": ("accuracy", True), "gaze": ("gaze_error_cm", False)}
-
-
-def metric_for(task: str) -> tuple[str, bool]:
-    """The task metric and whether higher is better (``accuracy`` up, ``gaze_error_cm`` down)."""
-    return METRICS[task]
 
 
 # --------------------------------------------------------------------------------------------- rows

@@ -6,7 +6,7 @@ Shape of a run (see DESIGN.md and :mod:`nas.results` for the run directory)::
       create or resume the run directory + study  -->    loop: ask Optuna for a point of the space
       start N workers, poll the study for progress         profile it analytically (milliseconds)
       mark trials of dead workers as interrupted           over a limit? set_constraint, PRUNED, next
-      report counts and the best of each objective         else claim a budget slot, nas.candidate.evaluate
+      report counts and the best of each objective         else claim a budget slot, nas.tf.candidate.evaluate
                                                            (QAT, INT8, measure), store attributes, tell
 
 Decisions, and why:
@@ -744,7 +744,6 @@ class Worker:
 
     def objective(self, trial: Any) -> tuple[float, float, float]:
         """Profile, reject or train one sampled candidate. Never trains one that breaks a limit on paper."""
-        import optuna
 
         from nas import profile
         from nas import space as space_mod
@@ -798,7 +797,7 @@ class Worker:
         raise optuna.TrialPruned(f"infeasible {how}: {text}")
 
     def _measure_untrained(self, spec: Any) -> dict[str, Any]:
-        from nas.candidate import measure_untrained
+        from nas.tf.candidate import measure_untrained
 
         return measure_untrained(spec, self.target.runtime)
 
@@ -815,8 +814,9 @@ class Worker:
         return sum(1 for t in trials if uses_budget(t)) <= int(self.config["trials"])
 
     def _train(self, spec: Any, out_dir: Path, trial: Any) -> dict[str, Any]:
-        """The only place that reaches TensorFlow, through nas.candidate (imported here, in the worker)."""
-        from nas.candidate import Budget, evaluate
+        """The only place that reaches TensorFlow, through nas.tf.candidate (imported here, in the worker)."""
+        from nas.budget import Budget
+        from nas.tf.candidate import evaluate
 
         budget = self._full_budget(trial.study, Budget)
         metrics = evaluate(spec, self.config["dataset"], budget, out_dir, seed=int(self.config["seed"]),

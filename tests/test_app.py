@@ -255,7 +255,6 @@ def test_auto_refresh_shows_new_trials(small_run: Path, tmp_path: Path, monkeypa
     import shutil
     import time
 
-    import optuna
     from optuna.trial import TrialState, create_trial
 
     monkeypatch.setenv("TINYNAS_APP_REFRESH", "0.5")

@@ -15,21 +15,18 @@ import pytest
 
 import nas  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
-pytest.importorskip("tflite_micro")
-
 from nas.arena import (  # noqa: E402
-    ArenaMeasurement,
     Buffer,
     TailFeatures,
     buffers_from_tflite,
     estimate_arena,
     estimate_tail,
-    measure_tflm,
     naive_peak,
     plan_arena,
     plan_offsets,
     read_graph,
 )
+from nas.tflm import ArenaMeasurement, measure_tflm  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +173,7 @@ def test_tail_from_spec_like_features() -> None:
 
 @needs_holdout
 def test_find_minimum_allocates_and_one_byte_less_does_not() -> None:
-    from nas.arena import _interpreter
+    from nas.tflm import _interpreter
 
     m = measure_tflm(VWW, find_minimum=True)
     assert m.min_arena_bytes is not None

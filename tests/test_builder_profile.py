@@ -12,7 +12,8 @@ import pytest
 import nas  # noqa: F401
 import tensorflow as tf
 
-from nas import arena, profile
+from nas import profile, tflm
+from nas.tf import convert
 from nas.spec import preset
 from tests.random_specs import random_spec
 
@@ -26,13 +27,13 @@ def converted_ops(tflite: bytes) -> list[tuple[str, tuple[int, ...]]]:
 
 def check_against_truth(spec) -> dict:
     est = profile.estimate(spec)
-    flat = profile.untrained_int8(spec)
+    flat = convert.untrained_int8(spec)
     it = tf.lite.Interpreter(model_content=flat)
     assert it.get_input_details()[0]["dtype"] == np.int8
     assert it.get_output_details()[0]["dtype"] == np.int8
     ops, _, _, _ = profile.graph(spec)
     assert converted_ops(flat) == [(op.kind, op.shape) for op in ops], spec.to_string()
-    measured = arena.measure_tflm(flat).arena_bytes
+    measured = tflm.measure_tflm(flat).arena_bytes
     sram_err = abs(est.peak_sram_bytes - measured) / measured
     flash_err = abs(est.flash_bytes - len(flat)) / len(flat)
     assert sram_err < 0.10, (spec.to_string(), est.peak_sram_bytes, measured)

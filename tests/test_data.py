@@ -10,6 +10,7 @@ import pytest
 
 import nas  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports TensorFlow)
 from nas import data
+from nas.tf import pipeline
 from nas.errors import UserError
 
 VWW = Path(__file__).resolve().parents[2] / "shared" / "data" / "vww96"
@@ -244,26 +245,26 @@ def test_all_gray_folder_stays_gray(tmp_path: Path) -> None:
 
 def test_prepare_resizes_and_converts_channels() -> None:
     ds = data.load("mnist", limit=60)
-    rgb = data.prepare(ds.train, 32, 3)
+    rgb = pipeline.prepare(ds.train, 32, 3)
     assert rgb.shape == (len(ds.train), 32, 32, 3) and rgb.dtype == np.float32
     assert 0.0 <= rgb.min() and rgb.max() <= 1.0
     assert np.array_equal(rgb[..., 0], rgb[..., 2])
-    assert data.prepare(ds.train, 32, 3) is rgb  # cached: resized once per (split, shape)
+    assert pipeline.prepare(ds.train, 32, 3) is rgb  # cached: resized once per (split, shape)
     assert not rgb.flags.writeable
-    gray = data.prepare(ds.train, 16, 1)
+    gray = pipeline.prepare(ds.train, 16, 1)
     assert gray.shape == (len(ds.train), 16, 16, 1)
     # RGB -> gray is luminance: a gray image converted to RGB and back is unchanged
-    back = data.prepare(data.Split(np.ascontiguousarray(rgb), ds.train.y), 32, 1)
+    back = pipeline.prepare(data.Split(np.ascontiguousarray(rgb), ds.train.y), 32, 1)
     np.testing.assert_allclose(back[..., 0], rgb[..., 0], atol=1e-5)
     # same size and channels: values unchanged
-    np.testing.assert_allclose(data.prepare(ds.train, 28, 1), ds.train.x, atol=1e-6)
+    np.testing.assert_allclose(pipeline.prepare(ds.train, 28, 1), ds.train.x, atol=1e-6)
     with pytest.raises(ValueError):
-        data.prepare(ds.train, 32, 2)
+        pipeline.prepare(ds.train, 32, 2)
 
 
 def test_prepare_keeps_gaze_grid_channels() -> None:
     ds = data.load("gaze-synthetic", limit=40)
-    out = data.prepare(ds.train, 96, 1, grid_channels=ds.grid_channels)
+    out = pipeline.prepare(ds.train, 96, 1, grid_channels=ds.grid_channels)
     assert out.shape == (len(ds.train), 96, 96, 1 + 2)
     # the grid is resized, not converted: the face box covers the same share of the frame
     # (a pixel counts as inside when at least half-covered by the box's smallest value, 1/25)
@@ -271,7 +272,7 @@ def test_prepare_keeps_gaze_grid_channels() -> None:
     dst_area = (out[..., 1] > 0.5 / 25).mean(axis=(1, 2))
     np.testing.assert_allclose(dst_area, src_area, atol=0.02)
     np.testing.assert_allclose(out[..., 1:].max(axis=(1, 2)), ds.train.x[..., 3:].max(axis=(1, 2)), atol=1e-3)
-    rgb = data.prepare(ds.train, 32, 3, grid_channels=2)
+    rgb = pipeline.prepare(ds.train, 32, 3, grid_channels=2)
     assert rgb.shape == (len(ds.train), 32, 32, 5)
 
 
@@ -306,7 +307,7 @@ def test_gaze_synthetic_is_learnable() -> None:
     ds = data.load("gaze-synthetic", seed=0, limit=1500)
 
     def feats(split: data.Split) -> np.ndarray:
-        x = data.prepare(split, 8, 1, grid_channels=2)
+        x = pipeline.prepare(split, 8, 1, grid_channels=2)
         return np.concatenate([x.reshape(len(x), -1), np.ones((len(x), 1), np.float32)], axis=1)
 
     a, b = feats(ds.train), feats(ds.test)
@@ -420,23 +421,23 @@ def test_gazecapture_missing_metadata_names_the_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize("augment", [None, "classification", "classification-noflip"])
 def test_to_tf_dataset_classification(augment: str | None) -> None:
     ds = data.load("faces", limit=50)
-    x = data.prepare(ds.train, 32, 3)
-    batches = list(data.to_tf_dataset(x, ds.train.y, 8, shuffle=True, seed=0, augment=augment))
+    x = pipeline.prepare(ds.train, 32, 3)
+    batches = list(pipeline.to_tf_dataset(x, ds.train.y, 8, shuffle=True, seed=0, augment=augment))
     assert sum(int(b[0].shape[0]) for b in batches) == len(x)
     xb, yb = batches[0]
     assert tuple(xb.shape) == (8, 32, 32, 3) and tuple(yb.shape) == (8,)
     assert 0.0 <= float(np.min(xb)) and float(np.max(xb)) <= 1.0
-    again = next(iter(data.to_tf_dataset(x, ds.train.y, 8, shuffle=True, seed=0, augment=augment)))
+    again = next(iter(pipeline.to_tf_dataset(x, ds.train.y, 8, shuffle=True, seed=0, augment=augment)))
     np.testing.assert_allclose(again[0].numpy(), xb.numpy())  # reproducible for a seed
 
 
 def test_to_tf_dataset_gaze_leaves_grid_alone() -> None:
     ds = data.load("gaze-synthetic", limit=40)
-    x = data.prepare(ds.train, 32, 3, grid_channels=2)
-    xb, yb = next(iter(data.to_tf_dataset(x, ds.train.y, 16, shuffle=False, seed=0, augment="gaze")))
+    x = pipeline.prepare(ds.train, 32, 3, grid_channels=2)
+    xb, yb = next(iter(pipeline.to_tf_dataset(x, ds.train.y, 16, shuffle=False, seed=0, augment="gaze")))
     assert tuple(xb.shape) == (16, 32, 32, 5) and tuple(yb.shape) == (16, 2)
     np.testing.assert_array_equal(xb.numpy()[..., 3:], x[:16, ..., 3:])  # grid untouched
     np.testing.assert_array_equal(yb.numpy(), ds.train.y[:16])  # no flip: targets unchanged
     assert not np.allclose(xb.numpy()[..., :3], x[:16, ..., :3])  # image augmented
     with pytest.raises(ValueError):
-        data.to_tf_dataset(x, ds.train.y, 16, shuffle=False, seed=0, augment="mixup")
+        pipeline.to_tf_dataset(x, ds.train.y, 16, shuffle=False, seed=0, augment="mixup")

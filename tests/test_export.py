@@ -1,6 +1,6 @@
 """`nas export` / `nas verify` for real: a model trained here, exported, re-run in TFLM, tampered with.
 
-Nothing is mocked: the trained folder comes from nas.candidate.evaluate (MNIST, tiny spec, 1 epoch, 600
+Nothing is mocked: the trained folder comes from nas.tf.candidate.evaluate (MNIST, tiny spec, 1 epoch, 600
 samples), the run directory from a real `nas search` (2 tiny trials), and verify runs the TFLM host
 interpreter. Quick failures (existing bundle, escaping names) go through the real CLI and never load
 TensorFlow.
@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from nas import export
-from nas.candidate import Budget, evaluate
+from nas.budget import Budget
+from nas.tf.candidate import evaluate
 from nas.errors import UserError
 from nas.hardware import load_target
 from nas.spec import parse_spec_string

@@ -16,7 +16,8 @@ import numpy as np
 import pytest
 
 from nas import export, imx500
-from nas.candidate import Budget, evaluate
+from nas.budget import Budget
+from nas.tf.candidate import evaluate
 from nas.spec import parse_spec_string
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +93,7 @@ def test_worker_rebuild_matches_the_builder_for_the_gaze_head(converter_venv, tm
     """MCT side only (no imxconv-tf): the rebuild of TinyTracker's head gives the builder's float outputs."""
     import tf_keras as keras
 
-    from nas import builder
+    from nas.tf import builder
 
     spec = parse_spec_string(GAZE_SPEC)
     keras.utils.set_random_seed(1)

@@ -1,7 +1,7 @@
 """Reliability, concurrency: two, then four worker processes on one study, in a SQLite run directory and on
 PostgreSQL. No trial number is reused, no trial is lost (exactly the budget is trained, every trial folder belongs
 to a trial the study knows), and every stored ``.tflite`` is byte for byte what its trial's record says (sha256 and
-size recorded by ``nas.candidate.evaluate`` in the trial's metrics). Real processes, real training (tiny budgets).
+size recorded by ``nas.tf.candidate.evaluate`` in the trial's metrics). Real processes, real training (tiny budgets).
 
 Two workers on SQLite run in the default suite; four workers, and PostgreSQL (whose two-worker case the default
 suite covers in tests/test_search.py and tests/test_reliability_faults.py), are marked slow: on 2 cores four

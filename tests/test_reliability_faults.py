@@ -3,9 +3,9 @@ systems; nothing is mocked and no fault-injection hook exists in the code.
 
 How each fault is timed, from the outside only:
 
-* **during training**: the trial's ``trials/<n>/spec.json`` exists (``nas.candidate.evaluate`` writes it just
+* **during training**: the trial's ``trials/<n>/spec.json`` exists (``nas.tf.candidate.evaluate`` writes it just
   before ``train_qat``), its ``model_int8.tflite`` does not, and the worker holds no extra descriptor on its log;
-* **during conversion**: ``nas.convert.to_int8`` redirects the converter's stdout into stderr while
+* **during conversion**: ``nas.tf.convert.to_int8`` redirects the converter's stdout into stderr while
   ``converter.convert()`` runs, so the worker holds a *third* descriptor on its log file exactly then
   (``/proc/<pid>/fd``); the kill lands inside that window (checked: no ``model_int8.tflite`` afterwards);
 * **during a storage write**: SQLite's rollback journal ``study.db-journal`` exists only while a write

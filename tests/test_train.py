@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from nas.candidate import Budget, evaluate
+from nas.budget import Budget
+
+from nas.tf.candidate import evaluate
 from nas.spec import parse_spec_string
 
 NAS = str(Path(sys.executable).parent / "nas")
@@ -28,7 +30,7 @@ def test_mnist_reaches_95_percent_as_int8_within_one_point_of_float(tmp_path):
 
 
 def test_gaze_head_beats_predict_the_mean_as_int8(tmp_path):
-    from nas.candidate import load_dataset
+    from nas.tf.candidate import load_dataset
 
     m = evaluate(parse_spec_string(GAZE_SPEC), "gaze-synthetic", Budget(epochs=10, learning_rate=0.004), tmp_path)
     ds = load_dataset("gaze-synthetic", 0)
@@ -62,7 +64,7 @@ def test_frozen_conversion_matches_from_keras_model():
     import nas  # noqa: F401
     import tensorflow as tf
 
-    from nas import builder, convert
+    from nas.tf import builder, convert
 
     spec = parse_spec_string("in32x3-w0.5-cn_r1_k3_s2_c16_hs-ir_r1_k5_s2_e4_c24_se0.25_hs-cls_n2_h32_d0_hs")
     model = builder.build_qat(spec)
@@ -79,7 +81,9 @@ def test_stripping_names_keeps_outputs_and_arena():
     import nas  # noqa: F401
     import tensorflow as tf
 
-    from nas import arena, builder, convert
+    from nas import tflm
+
+    from nas.tf import builder, convert
 
     spec = parse_spec_string("in32x3-w0.5-cn_r1_k3_s2_c16_hs-ir_r1_k3_s2_e4_c24_se0.25_hs-cls_n2_h32_d0_re")
     model = builder.build_qat(spec)
@@ -95,4 +99,4 @@ def test_stripping_names_keeps_outputs_and_arena():
     stripped = convert.strip_names(named)
     assert len(stripped) < len(named)
     np.testing.assert_array_equal(convert.predict_int8(named, x), convert.predict_int8(stripped, x))
-    assert arena.measure_tflm(named).arena_bytes == arena.measure_tflm(stripped).arena_bytes
+    assert tflm.measure_tflm(named).arena_bytes == tflm.measure_tflm(stripped).arena_bytes

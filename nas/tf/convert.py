@@ -12,12 +12,19 @@ import os
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import Iterable, Iterator
-
-import nas  # noqa: F401
 
 import numpy as np
 import tensorflow as tf
+import tf_keras as keras
+
+from nas import data as data_mod
+from nas import profile
+from nas.errors import UserError
+from nas.metrics import metric_for, metric_value
+from nas.spec import ArchSpec
+from nas.tf import builder, pipeline
 
 log = logging.getLogger(__name__)
 warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated.*")
@@ -138,12 +145,6 @@ def evaluate_file(model: str, dataset: str, *, split: str = "test", seed: int = 
     The input tensor tells the resolution and channel count; for gaze data the last channels are the
     data set's face-grid embedding.
     """
-    from pathlib import Path
-
-    from nas import data as data_mod
-    from nas.errors import UserError
-    from nas.train import metric_value, task_metric
-
     path = Path(model)
     if path.is_dir():
         path = path / "model_int8.tflite"
@@ -162,13 +163,38 @@ def evaluate_file(model: str, dataset: str, *, split: str = "test", seed: int = 
     splits = ds.splits if split == "all" else {split: ds.splits[split]}
     xs, ys = [], []
     for s in splits.values():
-        xs.append(data_mod.prepare(s, h, c - grid, grid))
+        xs.append(pipeline.prepare(s, h, c - grid, grid))
         ys.append(s.y)
     x, y = np.concatenate(xs), np.concatenate(ys)
     pred = predict_int8(flat, x)
     if ds.task == "classification" and pred.shape[-1] != ds.num_classes:
         raise UserError(str(path), "output", f"{ds.num_classes} classes for data set '{ds.name}', the model has "
                         f"{pred.shape[-1]} outputs")
-    name, higher = task_metric(ds.task)
+    name, higher = metric_for(ds.task)
     return {"model": str(path), "dataset": dataset, "split": split, "samples": int(len(x)), "metric_name": name,
             "higher_is_better": higher, "int8_metric": metric_value(ds.task, y, pred)}
+
+
+def untrained_int8(spec: ArchSpec, seed: int = 0, samples: int = 8) -> bytes:
+    """INT8 conversion of an untrained QAT model, enough for memory: memory depends on the graph, not on
+    the weights' values. Biases and batch-norm statistics are randomised first: at initialisation they are
+    all zero, and the converter drops zero dense biases and shares identical zero buffers, which would make
+    the file smaller than a trained candidate's (by 0.1-9.4% over 60 random specs, bench/fidelity.py). With
+    random values the file matches one after real training steps, byte for byte."""
+    keras.utils.set_random_seed(seed)
+    model = builder.build_qat(spec)
+    rng = np.random.default_rng(seed)
+    for v in model.weights:
+        leaf = v.name.rsplit("/", 1)[-1]
+        if leaf in ("bias:0", "beta:0", "moving_mean:0"):
+            v.assign(rng.normal(0.0, 0.1, v.shape).astype(np.float32))
+        elif leaf in ("gamma:0", "moving_variance:0"):
+            v.assign(rng.uniform(0.5, 1.5, v.shape).astype(np.float32))
+    x = rng.random((samples, spec.resolution, spec.resolution, spec.input_channels), dtype=np.float32)
+    model(x, training=True)  # one step so the activation quantizers hold real ranges
+    return to_int8(model, x, samples=samples)
+
+
+def measure_spec(spec: ArchSpec, seed: int = 0) -> profile.Measured:
+    """The exact memory of ``spec``'s untrained INT8 model (see :func:`untrained_int8`)."""
+    return profile.measure(untrained_int8(spec, seed))

@@ -6,47 +6,25 @@ is trained is the model that gets converted, so nothing is lost between the numb
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Any
 
-import nas  # noqa: F401
-
-import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
-from nas import builder
 from nas import data as data_mod
+from nas.budget import Budget
+from nas.metrics import metric_for as task_metric, metric_value
 from nas.spec import ArchSpec
+from nas.tf import builder, pipeline
 
 log = logging.getLogger(__name__)
 
 
 class TrainingError(RuntimeError):
     """Training could not produce a usable model (NaN loss, out of memory, ...)."""
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How much training a candidate gets."""
-
-    epochs: int = 3                 # QAT epochs
-    float_epochs: int = 0           # float epochs before QAT (a warm start; 0 = QAT from scratch)
-    batch_size: int = 32
-    learning_rate: float = 5e-3     # peak of a cosine decay over all epochs
-    patience: int = 3               # early stopping on the validation metric
-    train_limit: int | None = None  # cap on training samples (tests, quick looks)
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.float_epochs < 0 or self.batch_size < 1 or self.learning_rate <= 0:
-            raise ValueError(f"invalid budget {self}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 @dataclass
@@ -64,17 +42,6 @@ class Trained:
 def euclidean_error(y_true, y_pred):
     """Mean Euclidean distance between predicted and true gaze points (cm), as the seeds report."""
     return tf.reduce_mean(tf.norm(tf.cast(y_true, tf.float32) - y_pred, axis=-1))
-
-
-def task_metric(task: str) -> tuple[str, bool]:
-    return ("accuracy", True) if task == "classification" else ("gaze_error_cm", False)
-
-
-def metric_value(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """The task metric from predictions: accuracy for classes, mean Euclidean error (cm) for gaze."""
-    if task == "classification":
-        return float(np.mean(np.argmax(y_pred, axis=-1) == y_true))
-    return float(np.mean(np.linalg.norm(y_true.astype(np.float32) - y_pred, axis=-1)))
 
 
 def _compile(model: keras.Model, task: str, lr_schedule) -> None:
@@ -143,16 +110,16 @@ def train_qat(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, *, seed
     grid = dataset.grid_channels
     check_compatible(spec, dataset)
     t0 = time.perf_counter()
-    x_train = data_mod.prepare(dataset.train, spec.resolution, spec.channels, grid)
+    x_train = pipeline.prepare(dataset.train, spec.resolution, spec.channels, grid)
     y_train = dataset.train.y
     if budget.train_limit and len(x_train) > budget.train_limit:
         x_train, y_train = x_train[: budget.train_limit], y_train[: budget.train_limit]
-    x_val = data_mod.prepare(dataset.val, spec.resolution, spec.channels, grid)
-    x_test = data_mod.prepare(dataset.test, spec.resolution, spec.channels, grid)
+    x_val = pipeline.prepare(dataset.val, spec.resolution, spec.channels, grid)
+    x_test = pipeline.prepare(dataset.test, spec.resolution, spec.channels, grid)
     augment = dataset.description.get("augment")
-    train_ds = data_mod.to_tf_dataset(x_train, y_train, budget.batch_size, shuffle=True, seed=seed, augment=augment,
+    train_ds = pipeline.to_tf_dataset(x_train, y_train, budget.batch_size, shuffle=True, seed=seed, augment=augment,
                                       grid_channels=grid if task == "gaze" else None)
-    val_ds = data_mod.to_tf_dataset(x_val, dataset.val.y, budget.batch_size, shuffle=False, seed=seed)
+    val_ds = pipeline.to_tf_dataset(x_val, dataset.val.y, budget.batch_size, shuffle=False, seed=seed)
     steps = math.ceil(len(x_train) / budget.batch_size)
     timings["data"] = time.perf_counter() - t0
 

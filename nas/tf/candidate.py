@@ -15,38 +15,37 @@ import time
 from pathlib import Path
 from typing import Any
 
-from nas.spec import ArchSpec
-from nas.train import Budget, TrainingError
+import tensorflow_model_optimization as tfmot
 
-__all__ = ["Budget", "CandidateError", "evaluate", "load_dataset", "measure_untrained"]
+from nas import data, profile
+from nas.budget import Budget
+from nas.errors import CandidateError
+from nas.metrics import metric_value
+from nas.spec import ArchSpec
+from nas.tf import builder, convert, pipeline, train
+from nas.tf.train import TrainingError
+
+__all__ = ["CandidateError", "evaluate", "load_dataset", "measure_untrained"]
 
 log = logging.getLogger(__name__)
-
-
-class CandidateError(RuntimeError):
-    """A candidate failed (NaN loss, conversion error, out of memory...); the reason is the message."""
 
 
 @functools.lru_cache(maxsize=4)
 def load_dataset(name_or_path: str, seed: int):
     """Data sets are loaded once per worker process, not once per candidate."""
-    from nas import data
-
     return data.load(name_or_path, seed=seed)
 
 
 @functools.lru_cache(maxsize=256)
 def _measure_spec(spec: ArchSpec):
     """A sampler may propose the same spec again: it is converted once per worker."""
-    from nas import profile
-
-    return profile.measure_spec(spec)
+    return convert.measure_spec(spec)
 
 
 def measure_untrained(spec: ArchSpec, runtime: str) -> dict[str, Any]:
     """The exact memory of ``spec`` before any training: its untrained INT8 model, converted and measured.
 
-    Memory depends on the graph, not on the weights (``nas.profile.untrained_int8`` gives the same bytes as a
+    Memory depends on the graph, not on the weights (``nas.tf.convert.untrained_int8`` gives the same bytes as a
     trained candidate), so for a candidate whose estimate is within the cost model's error of a limit a few
     seconds of conversion decide what minutes of training would otherwise find out.
     """
@@ -70,9 +69,6 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
     Files: ``model_int8.tflite``, ``model_qat.h5`` (the trained Keras QAT model), ``spec.json`` and
     ``metrics.json`` (written last: its presence marks a finished candidate).
     """
-    from nas import builder, convert, profile, train
-    from nas import data as data_mod
-
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -88,8 +84,8 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
     timings = dict(trained.timings)
 
     grid = ds.grid_channels
-    x_train = data_mod.prepare(ds.train, spec.resolution, spec.channels, grid)
-    x_test = data_mod.prepare(ds.test, spec.resolution, spec.channels, grid)
+    x_train = pipeline.prepare(ds.train, spec.resolution, spec.channels, grid)
+    x_test = pipeline.prepare(ds.test, spec.resolution, spec.channels, grid)
     t0 = time.perf_counter()
     try:
         tflite = convert.to_int8(trained.model, x_train, samples=100)
@@ -97,11 +93,11 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         raise CandidateError(f"INT8 conversion failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
     timings["convert"] = time.perf_counter() - t0
     _write_atomic(out_dir / "model_int8.tflite", tflite)
-    with __import__("tensorflow_model_optimization").quantization.keras.quantize_scope(builder.CUSTOM_OBJECTS):
+    with tfmot.quantization.keras.quantize_scope(builder.CUSTOM_OBJECTS):
         trained.model.save(out_dir / "model_qat.h5", include_optimizer=False)
 
     t0 = time.perf_counter()
-    int8_metric = train.metric_value(ds.task, ds.test.y, convert.predict_int8(tflite, x_test))
+    int8_metric = metric_value(ds.task, ds.test.y, convert.predict_int8(tflite, x_test))
     timings["evaluate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     measured = profile.measure(tflite)
