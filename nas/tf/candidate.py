@@ -20,6 +20,7 @@ import tensorflow_model_optimization as tfmot
 from nas import data, profile
 from nas.budget import Budget
 from nas.errors import CandidateError
+from nas.formatting import first_line
 from nas.metrics import metric_value
 from nas.spec import ArchSpec
 from nas.tf import builder, convert, pipeline, train
@@ -80,7 +81,7 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
     except TrainingError as e:
         raise CandidateError(str(e)) from e
     except Exception as e:  # noqa: BLE001 - e.g. ResourceExhaustedError; the search must go on
-        raise CandidateError(f"training failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        raise CandidateError(f"training failed: {first_line(e, with_type=True)}") from e
     timings = dict(trained.timings)
 
     grid = ds.grid_channels
@@ -90,7 +91,7 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
     try:
         tflite = convert.to_int8(trained.model, x_train, samples=100)
     except Exception as e:  # noqa: BLE001
-        raise CandidateError(f"INT8 conversion failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
+        raise CandidateError(f"INT8 conversion failed: {first_line(e, with_type=True)}") from e
     timings["convert"] = time.perf_counter() - t0
     _write_atomic(out_dir / "model_int8.tflite", tflite)
     with tfmot.quantization.keras.quantize_scope(builder.CUSTOM_OBJECTS):

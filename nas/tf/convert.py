@@ -13,7 +13,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -22,6 +22,7 @@ import tf_keras as keras
 from nas import data as data_mod
 from nas import profile
 from nas.errors import UserError
+from nas.formatting import first_line
 from nas.metrics import metric_for, metric_value
 from nas.spec import ArchSpec
 from nas.tf import builder, pipeline
@@ -131,7 +132,7 @@ def predict_int8(tflite: bytes, x: np.ndarray, *, batch: int = 64) -> np.ndarray
     return np.concatenate(results, axis=0)
 
 
-def input_quantization(tflite: bytes) -> dict[str, float | int | list[int] | str]:
+def input_quantization(tflite: bytes) -> dict[str, Any]:
     """Scale, zero point, shape and dtype of the model's input: what firmware needs to feed it."""
     it = tf.lite.Interpreter(model_content=tflite)
     d = it.get_input_details()[0]
@@ -154,7 +155,7 @@ def evaluate_file(model: str, dataset: str, *, split: str = "test", seed: int = 
     try:
         q = input_quantization(flat)
     except Exception as e:  # noqa: BLE001 - any parse failure is a bad file
-        raise UserError(str(path), "", f"a valid .tflite model ({str(e).splitlines()[0]})") from None
+        raise UserError(str(path), "", f"a valid .tflite model ({first_line(e)})") from None
     if q["dtype"] != "int8":
         raise UserError(str(path), "input", f"a full-integer model with int8 input, got {q['dtype']}")
     _, h, w, c = q["shape"]
