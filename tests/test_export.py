@@ -281,6 +281,14 @@ def test_c_helpers_round_trip():
     assert export.arena_with_margin(100_000) == (105_008, 5_008)
 
 
+def test_importing_export_loads_no_tensorflow():
+    """The package is cheap to import (nas verify's usage errors, the app's pages): TensorFlow loads with a bundle."""
+    code = ("import sys, nas.export, nas.export.bundle, nas.export.verify; "
+            "print([m for m in ('tensorflow', 'tf_keras', 'tflite_micro', 'nas.tf') if m in sys.modules])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
 def test_which_measured_figure_checks_which_memory_limit():
     """One table (nas.hardware.MEMORY_BASIS) for both runtimes; the IMX500 converter's report beats our model."""
     measured = {"tflm_arena_bytes": 60_000, "tflite_bytes": 90_000, "imx500_model_bytes": 700_000}
