@@ -55,6 +55,16 @@ RUNTIME_LIMITS = {
     "imx500": ("onchip", "macs", "latency_ms", "energy_mj"),
 }
 RUNTIME_MEMORY = {"tflm": "sram", "imx500": "onchip"}
+#: Which measured figure checks which memory limit, per runtime: the value key :meth:`Target.check` reads ->
+#: the figures that can stand for it, best first, each with what it is. The names are those a bundle's
+#: metadata.json records (``memory.measured``), plus ``imx500_usage_bytes``: the IMX500 converter's own
+#: memory report, which beats our memory model of the converted graph when the converter has run.
+MEMORY_BASIS: dict[str, dict[str, tuple[tuple[str, str], ...]]] = {
+    "tflm": {"sram_bytes": (("tflm_arena_bytes", "measured: TFLM arena (host interpreter)"),),
+             "flash_bytes": (("tflite_bytes", "measured: .tflite file size"),)},
+    "imx500": {"onchip_bytes": (("imx500_usage_bytes", "IMX500 converter memory report: Memory Usage"),
+                                ("imx500_model_bytes", "measured: IMX500 memory model on the converted graph"))},
+}
 
 # Binary units: see the module docstring. Keys are lower case; units are matched case-insensitively.
 SIZE_UNITS = {
@@ -193,6 +203,20 @@ class Target:
     def memory_limit_bytes(self) -> Optional[int]:
         """The working-memory budget a candidate's peak must fit: SRAM for TFLM, on-chip total for the IMX500."""
         return self.onchip_bytes if self.runtime == "imx500" else self.sram_bytes
+
+    def memory_basis(self, measured: Mapping[str, Optional[float]]) -> dict[str, tuple[Optional[float], str]]:
+        """Which measured figure checks which memory limit of this runtime: value key -> (value, what it is).
+
+        ``measured`` holds figures by the names in :data:`MEMORY_BASIS` (``tflm_arena_bytes``,
+        ``tflite_bytes``, ``imx500_model_bytes``, ``imx500_usage_bytes``); for each limit the first one given
+        (not None) is taken. One table, so export and anything else that reports a limit check agree on
+        what was compared with what. A limit with no figure gets None, which :meth:`check` refuses.
+        """
+        out: dict[str, tuple[Optional[float], str]] = {}
+        for key, options in MEMORY_BASIS[self.runtime].items():
+            given = [(measured[name], what) for name, what in options if measured.get(name) is not None]
+            out[key] = given[0] if given else (None, options[-1][1])
+        return out
 
     def inference_ms(self, macs: float) -> float:
         """Time for the network alone: MACs at the calibrated MACs/cycle and clock."""

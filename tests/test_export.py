@@ -61,7 +61,7 @@ def copy_of(bundle: Path, tmp_path: Path) -> Path:
 def rehash(bundle: Path, rel: str) -> None:
     """Record a changed file's sha256 in metadata.json, so verify's deeper checks are what catch the change."""
     meta = json.loads((bundle / "metadata.json").read_text())
-    meta["files"][rel]["sha256"] = export._file_sha256(bundle / rel)
+    meta["files"][rel]["sha256"] = export.file_sha256(bundle / rel)
     if rel == export.TFLITE:
         meta["tflite_sha256"] = meta["files"][rel]["sha256"]
     (bundle / "metadata.json").write_text(json.dumps(meta))
@@ -235,7 +235,7 @@ def test_force_replaces_and_a_failure_leaves_no_half_bundle(trained, tmp_path, m
     def boom(*_a, **_k):
         raise RuntimeError("disk full, say")
 
-    monkeypatch.setattr(export, "model_card", boom)
+    monkeypatch.setattr("nas.export.bundle.model_card", boom)  # the card is written last, after every file
     with pytest.raises(RuntimeError, match="disk full"):
         export.export_trial(trained, tmp_path, name="c", target=target, samples=2)
     with pytest.raises(RuntimeError, match="disk full"):
@@ -247,6 +247,19 @@ def test_force_replaces_and_a_failure_leaves_no_half_bundle(trained, tmp_path, m
 def test_not_a_trained_folder_is_a_usage_error(tmp_path):
     res = nas("export", str(tmp_path), "--out", str(tmp_path / "out"))
     assert res.returncode == 2 and "metrics.json" in res.stderr
+
+
+def test_out_that_is_a_file_is_a_usage_error(trained, tmp_path):
+    """`--out FILE` (or a folder under a file) is one line naming --out and what it is, exit 2, the file untouched."""
+    taken = tmp_path / "bundles.txt"
+    taken.write_text("not a folder")
+    for out, what in ((taken, "this is an existing file"), (taken / "deeper", f"{taken} is an existing file")):
+        res = nas("export", str(trained), "--out", str(out))
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+        assert f"{out}: field '--out': a folder to write bundles into; {what}" in lines[0], lines[0]
+    assert taken.read_text() == "not a folder" and sorted(p.name for p in tmp_path.iterdir()) == ["bundles.txt"]
 
 
 def test_selection_flags_need_a_run_directory(trained, tmp_path):
@@ -266,6 +279,30 @@ def test_c_helpers_round_trip():
     assert export.op_resolver_method("LOGISTIC") == "AddLogistic"
     assert export.arena_with_margin(10_000) == (11_024, 1_024)
     assert export.arena_with_margin(100_000) == (105_008, 5_008)
+
+
+def test_importing_export_loads_no_tensorflow():
+    """The package is cheap to import (nas verify's usage errors, the app's pages): TensorFlow loads with a bundle."""
+    code = ("import sys, nas.export, nas.export.bundle, nas.export.verify; "
+            "print([m for m in ('tensorflow', 'tf_keras', 'tflite_micro', 'nas.tf') if m in sys.modules])")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert res.returncode == 0 and res.stdout.strip() == "[]", res.stdout + res.stderr
+
+
+def test_which_measured_figure_checks_which_memory_limit():
+    """One table (nas.hardware.MEMORY_BASIS) for both runtimes; the IMX500 converter's report beats our model."""
+    measured = {"tflm_arena_bytes": 60_000, "tflite_bytes": 90_000, "imx500_model_bytes": 700_000}
+    tflm = load_target("mcu_vww.yaml").memory_basis(measured)
+    assert tflm == {"sram_bytes": (60_000, "measured: TFLM arena (host interpreter)"),
+                    "flash_bytes": (90_000, "measured: .tflite file size")}
+    imx = load_target("imx500.yaml")
+    assert imx.memory_basis(measured) == {
+        "onchip_bytes": (700_000, "measured: IMX500 memory model on the converted graph")}
+    assert imx.memory_basis({**measured, "imx500_usage_bytes": 710_000}) == {
+        "onchip_bytes": (710_000, "IMX500 converter memory report: Memory Usage")}
+    with pytest.raises(ValueError, match="no 'onchip_bytes' value"):  # no figure: the check refuses, never passes
+        imx.check({"macs": 1, "latency_ms": 0, "energy_mj": 0,
+                   **{k: v for k, (v, _) in imx.memory_basis({}).items()}})
 
 
 # -- from a search run ---------------------------------------------------------------------------------
@@ -319,6 +356,16 @@ def test_export_pareto_and_trial_from_a_run(run_dir, tmp_path):
     [one] = export.export(run_dir, tmp_path, trial=number, samples=2, zip_bundle=True)
     assert one.name == f"trial-{number}" and one.with_name(one.name + ".zip").is_file()
     assert export.verify_bundle(one).samples == 2
+
+
+def test_out_that_is_a_file_is_a_usage_error_for_a_run_too(run_dir, tmp_path):
+    """The issue's case: nas export RUN --out FILE used to end in a FileExistsError traceback."""
+    taken = tmp_path / "bundles"
+    taken.write_bytes(b"")
+    res = nas("export", str(run_dir), "--best", "int8_metric", "--out", str(taken))
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
+    assert f"{taken}: field '--out': a folder to write bundles into; this is an existing file" in res.stderr
+    assert taken.is_file() and [p.name for p in tmp_path.iterdir()] == ["bundles"]
 
 
 def test_run_selection_errors_are_one_line(run_dir, tmp_path):

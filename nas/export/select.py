@@ -1,0 +1,54 @@
+"""Which trials of a search run to export (``--trial N``, ``--pareto``, ``--best METRIC``), read through
+:mod:`nas.results`, and what a bundle records about where each came from."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from nas.errors import UserError
+
+BEST_METRICS = ("int8_metric", "float_metric", "memory_bytes", "energy_mj", "latency_ms", "macs", "tflite_bytes")
+
+
+def select_trials(run: Any, *, trial: int | None = None, pareto: bool = False, best: str | None = None,
+                  records: Sequence[Any] | None = None) -> list[Any]:
+    """The trials of ``run`` (a :class:`nas.results.Run`) to export, as :class:`nas.results.TrialRecord`."""
+    records = list(records if records is not None else run.trials())
+    trained = [r for r in records if r.status == "trained" and r.trial_dir]
+    chosen = sum(x is not None and x is not False for x in (trial, pareto or None, best))
+    if chosen != 1:
+        raise UserError("nas export", "--trial/--pareto/--best", f"exactly one of them to choose trials from run "
+                                                                 f"{run.path}")
+    if trial is not None:
+        match = [r for r in trained if r.number == trial]
+        if not match:
+            numbers = ", ".join(str(r.number) for r in trained) or "none yet"
+            state = "is not trained" if any(r.number == trial for r in records) else "does not exist"
+            raise UserError("--trial", "trial", f"a trained trial of {run.path} ({numbers}); trial {trial} {state}")
+        return match
+    if pareto:
+        front = run.pareto(records)
+        if not front:
+            raise UserError(str(run.path), "--pareto", "a run with at least one feasible trained trial; it has none")
+        return front
+    metric_name, higher = run.metric
+    key = "int8_metric" if best == metric_name else best
+    if key not in BEST_METRICS:
+        from nas.errors import did_you_mean
+
+        raise UserError("--best", "metric", f"one of {', '.join((*BEST_METRICS, metric_name))}, got '{best}'"
+                        + did_you_mean(str(best), (*BEST_METRICS, metric_name)))
+    pool = [r for r in trained if r.feasible and getattr(r, key) is not None]
+    if not pool:
+        raise UserError(str(run.path), "--best", f"a feasible trained trial with a '{key}' value; there is none")
+    sign = -1.0 if key in ("int8_metric", "float_metric") and higher else 1.0
+    return [min(pool, key=lambda r: (sign * float(getattr(r, key)), r.number))]
+
+
+def source_info(run: Any, record: Any, selected_by: str, front: set[int]) -> dict[str, Any]:
+    """metadata.json's ``source`` for a trial of ``run``: the run, the trial, how it was chosen, its verdict."""
+    cfg = run.config
+    return {"run_dir": str(run.path), "study": run.study_name, "run_id": run.run_id, "trial": record.number,
+            "selected_by": selected_by, "feasible": record.feasible, "pareto_optimal": record.number in front,
+            "violations": list(record.violations), "run_dataset": cfg.get("dataset"), "run_seed": cfg.get("seed"),
+            "run_budget": cfg.get("budget"), "constraints_source": (cfg.get("target") or {}).get("source"),
+            "versions": cfg.get("versions")}
