@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 #: The packages whose versions a run and a bundle record: what it takes to reproduce a figure.
-PACKAGES = ("tinynas", "tensorflow", "tf_keras", "tensorflow-model-optimization", "tflite-micro", "optuna", "numpy")
+PACKAGES = ("tinynas", "tensorflow", "tf_keras", "tensorflow-model-optimization", "tflite-micro", "optuna", "numpy",
+            "sqlalchemy", "psycopg2-binary")
 
 
 def first_line(error: BaseException | str, *, with_type: bool = False, limit: int = 500) -> str:

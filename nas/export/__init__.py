@@ -51,7 +51,6 @@ from nas.export.imx500_part import IMX500_MODES, REPRESENTATIVE_SAMPLES
 from nas.export.interpreters import run_tflm
 from nas.export.layout import (BUNDLE_FORMAT, C_HEADER, C_SOURCE, CARD, CHECKED_FILES, CONSTRAINTS, IMX500_DIR, KERAS,
                                METADATA, SAMPLES, TFLITE, file_sha256, sha256)
-from nas.export.metadata import PACKAGES
 from nas.export.select import BEST_METRICS, select_trials
 from nas.export.staging import check_name, check_out_dir, write_zip
 from nas.export.trial import TRIAL_FILES, Trial, default_name, is_run_dir, read_trial
@@ -60,7 +59,7 @@ from nas.export.verify import Verified, VerifyError, verify_bundle
 __all__ = [
     "ARENA_MARGIN_FRACTION", "ARENA_MARGIN_MIN", "BEST_METRICS", "BUNDLE_FORMAT", "CARD", "CHECKED_FILES",
     "CONSTRAINTS", "C_HEADER", "C_SOURCE", "DEFAULT_SAMPLES", "IMX500_DIR", "IMX500_MODES", "KERAS", "METADATA",
-    "PACKAGES", "REPRESENTATIVE_SAMPLES", "SAMPLES", "TFLITE", "TRIAL_FILES", "Trial", "Verified", "VerifyError",
+    "REPRESENTATIVE_SAMPLES", "SAMPLES", "TFLITE", "TRIAL_FILES", "Trial", "Verified", "VerifyError",
     "arena_with_margin", "c_array_source", "c_header", "check_name", "check_out_dir", "default_name", "export",
     "export_trial", "file_sha256", "is_run_dir", "model_card", "op_resolver_method", "parse_c_array",
     "parse_header_int", "read_trial", "run_tflm", "select_trials", "sha256", "verify_bundle", "write_zip",

@@ -16,7 +16,8 @@ from nas.export.csource import arena_with_margin, c_array_source, c_header
 from nas.export.imx500_part import IMX500_MODES, imx500_part
 from nas.export.interpreters import io_details, quantize, run_tflm, tflite_reference
 from nas.export.layout import C_HEADER, C_SOURCE, CARD, CONSTRAINTS, KERAS, METADATA, SAMPLES, TFLITE
-from nas.export.metadata import bundle_metadata, jsonable
+from nas.export.metadata import bundle_metadata
+from nas.formatting import jsonable
 from nas.export.select import select_trials, source_info
 from nas.export.staging import check_destination, check_name, check_out_dir, staged, write_zip
 from nas.export.trial import TRIAL_KERAS, TRIAL_TFLITE, Trial, default_name, is_run_dir, load_data, read_trial

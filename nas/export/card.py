@@ -6,17 +6,13 @@ from typing import Any
 
 from nas.export.csource import op_resolver_method
 from nas.export.metadata import minus_zero_point, plus_zero_point
+from nas.formatting import bytes_and_kb
 from nas.spec import ArchSpec
 
 
 def _num(v: float, unit: str) -> str:
     """A limit value: whole bytes / MACs with thousands separators, times and energies to 4 digits."""
     return f"{int(round(v)):,} {unit}" if unit in ("B", "MACs") else f"{v:.4g} {unit}"
-
-
-def _kb(n: Any) -> str:
-    """Bytes with the KB figure beside them, ``-`` for unknown."""
-    return "-" if n is None else f"{n:,} B ({n / 1024:,.1f} KB)"
 
 
 def model_card(meta: dict[str, Any], spec: ArchSpec) -> str:
@@ -37,10 +33,10 @@ def model_card(meta: dict[str, Any], spec: ArchSpec) -> str:
     lines += [f"| {metric} (INT8 .tflite, test split) | {fmt(m.get('int8'))} |",
               f"| {metric} (float Keras QAT model) | {fmt(m.get('float'))} |",
               f"| MACs | {meta['macs']:,} |", f"| parameters | {meta['params']:,} |",
-              f"| .tflite size | {_kb(mem['measured']['tflite_bytes'])} |",
-              f"| TFLM arena, measured (host) | {_kb(mem['measured']['tflm_arena_bytes'])} (minimum that "
+              f"| .tflite size | {bytes_and_kb(mem['measured']['tflite_bytes'])} |",
+              f"| TFLM arena, measured (host) | {bytes_and_kb(mem['measured']['tflm_arena_bytes'])} (minimum that "
               f"allocates: {mem['measured']['tflm_min_arena_bytes']:,} B) |",
-              f"| TFLM arena, estimated before training | {_kb(mem['estimated']['peak_sram_bytes'])} |",
+              f"| TFLM arena, estimated before training | {bytes_and_kb(mem['estimated']['peak_sram_bytes'])} |",
               f"| **kTensorArenaSize** | **{arena['kTensorArenaSize']:,} B** = minimum + {arena['margin_bytes']:,} B "
               f"margin ({arena['margin_rule']}) |"]
     tgt = meta.get("target")
@@ -111,13 +107,13 @@ def model_card(meta: dict[str, Any], spec: ArchSpec) -> str:
                       "AI Camera tools (`imx500-package`).", "",
                       "| | |", "|---|---|",
                       f"| Fit In Chip | **{'yes' if rep.get('fit_in_chip') else 'NO'}** |",
-                      f"| Memory Usage (converter) | {_kb(rep.get('usage_bytes'))} of "
-                      f"{_kb(rep.get('available_bytes'))} |",
+                      f"| Memory Usage (converter) | {bytes_and_kb(rep.get('usage_bytes'))} of "
+                      f"{bytes_and_kb(rep.get('available_bytes'))} |",
                       f"| runtime / model / reserved | {rep.get('runtime_bytes'):,} / {rep.get('model_bytes'):,} / "
                       f"{rep.get('reserved_bytes'):,} B |",
                       "| our estimate before training (weights + planned activations) | "
-                      f"{_kb(cmp_['estimated_onchip_bytes'])} |",
-                      f"| our model on the converted .tflite graph | {_kb(cmp_['measured_model_bytes'])} |", "",
+                      f"{bytes_and_kb(cmp_['estimated_onchip_bytes'])} |",
+                      f"| our model on the converted .tflite graph | {bytes_and_kb(cmp_['measured_model_bytes'])} |", "",
                       "The IMX500 part is quantized by Sony's MCT (post-training, on the training split) from the same "
                       "float weights, so its outputs differ slightly from `model_int8.tflite`.", ""]
         else:

@@ -10,10 +10,8 @@ from typing import Any
 from nas.export.csource import ARENA_MARGIN_FRACTION, ARENA_MARGIN_MIN
 from nas.export.layout import BUNDLE_FORMAT, CONSTRAINTS, SAMPLES, TFLITE, file_sha256
 from nas.export.trial import Trial
+from nas.formatting import package_versions
 from nas.spec import ArchSpec
-
-PACKAGES = ("tinynas", "tensorflow", "tf_keras", "tensorflow-model-optimization", "tflite-micro", "numpy")
-
 
 def minus_zero_point(zero_point: int) -> str:
     """``- zp`` written readably: ``- 3`` or ``+ 128`` (never ``- -128``)."""
@@ -23,20 +21,6 @@ def minus_zero_point(zero_point: int) -> str:
 def plus_zero_point(zero_point: int) -> str:
     """``+ zp`` written readably: ``+ 3`` or ``- 128`` (never ``+ -128``)."""
     return f"- {-zero_point}" if zero_point < 0 else f"+ {zero_point}"
-
-
-def versions() -> dict[str, str]:
-    """Python and the versions of the packages that made the bundle (:data:`PACKAGES`; missing ones left out)."""
-    import platform
-    from importlib import metadata
-
-    out = {"python": platform.python_version()}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def limit_rows(target: Any, values: dict[str, Any], basis: dict[str, str]) -> list[dict[str, Any]]:
@@ -70,19 +54,6 @@ def input_description(spec: ArchSpec, inp: dict[str, Any], dataset: Any) -> dict
             "preprocessing": "pixels scaled to float [0, 1] (x = pixel / 255), resized to "
                              f"{spec.resolution}x{spec.resolution}, then quantized: "
                              f"q = clamp(round(x / {inp['scale']!r}) {plus_zero_point(inp['zero_point'])}, -128, 127)"}
-
-
-def jsonable(v: Any) -> Any:
-    """``json.dumps(default=...)`` for numpy scalars / arrays and paths; anything else is a bug, so it raises."""
-    import numpy as np
-
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    raise TypeError(f"not JSON serializable: {type(v).__name__}")
 
 
 def bundle_metadata(trial: Trial, name: str, *, target: Any, run_info: dict[str, Any], inp: dict[str, Any],
@@ -161,6 +132,6 @@ def bundle_metadata(trial: Trial, name: str, *, target: Any, run_info: dict[str,
         "training": {"budget": metrics.get("budget"), "epochs_run": metrics.get("epochs_run"),
                      "seed": metrics.get("seed"), "seconds": metrics.get("seconds")},
         "seed": metrics.get("seed"),
-        "versions": {"export": versions(), **({"run": run_info["versions"]} if run_info.get("versions") else {})},
+        "versions": {"export": package_versions(), **({"run": run_info["versions"]} if run_info.get("versions") else {})},
         "export_timings": {k: round(v, 3) for k, v in timings.items()},
     }
