@@ -139,7 +139,7 @@ def generate(run_dir: Path, n: int, seed: int = 0) -> dict[str, Any]:
 
 
 def measure(run_dir: Path, repeat: int) -> dict[str, Any]:
-    from app import core, figures
+    from nas.app import core, figures
 
     out: dict[str, Any] = {}
     out["results_read_s"], records = _timed(lambda: results.open_run(run_dir).trials(), repeat)
@@ -194,7 +194,7 @@ def apptest(run_dir: Path, repeat: int) -> dict[str, Any]:
 
     def fresh() -> Any:
         st.cache_data.clear()
-        at = AppTest.from_file(str(ROOT / "app" / "explorer.py"), default_timeout=600)
+        at = AppTest.from_file(str(ROOT / "nas" / "app" / "explorer.py"), default_timeout=600)
         at.session_state["source"] = str(run_dir)
         return at
 
@@ -236,7 +236,7 @@ def browser(run_dir: Path, repeat: int) -> dict[str, Any]:
     """The same study in headless Chromium (``nas app`` on a local port, DevTools protocol): seconds from opening
     the page until the four trade-off charts are drawn and Streamlit is idle, on a fresh server (the study read
     included) and on a second page (cached read); then after a filter slider moves one step (keyboard)."""
-    from app import screenshot
+    from nas.app import screenshot
 
     if not screenshot.find_chromium():
         return {}

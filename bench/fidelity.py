@@ -13,7 +13,7 @@ and converts each one with trained-like parameters (:func:`nas.profile.untrained
 It reports the relative error distribution (median, 95th percentile, max) per quantity and how often the
 verdict on paper (:func:`nas.profile.paper_verdict`: fits, exceeds, or borderline within the cost model's
 margin, where the search measures the untrained candidate's INT8 model before training) is wrong, for the SRAM and flash limits of
-``constraints/mcu_vww.yaml`` and the on-chip limit of ``constraints/imx500.yaml``. Goal: every error under
+``nas/constraints/mcu_vww.yaml`` and the on-chip limit of ``nas/constraints/imx500.yaml``. Goal: every error under
 5%, no wrong verdict. A verdict check only means something near the limit, so half of the specs are chosen
 with an estimated peak SRAM within 10% of the 250 KB limit; the other half spread over heads and resolutions.
 

@@ -67,7 +67,7 @@ QUICK_FIXED = {
 
 def fixed_space(path: Path) -> Path:
     """mobilenetv3.yaml with every list collapsed to FIXED_POINT's value: a space of exactly one candidate."""
-    data = yaml.safe_load((ROOT / "search_spaces" / "mobilenetv3.yaml").read_text())
+    data = yaml.safe_load((ROOT / "nas" / "search_spaces" / "mobilenetv3.yaml").read_text())
 
     def pick(name: str, v: Any) -> Any:
         return FIXED_POINT.get(name, v[0]) if isinstance(v, list) else v

@@ -399,17 +399,20 @@ def _add_export_parsers(sub) -> None:
         a.set_defaults(func=cmd_imx500)
 
 
-# -- nas app (the Pareto explorer; app/explorer.py) -----------------------------------------------------
+# -- nas app (the Pareto explorer; nas/app/explorer.py) -------------------------------------------------
 
 
 def cmd_app(args: argparse.Namespace) -> int:
-    """Replace this process with ``streamlit run app/explorer.py -- SOURCE`` (Ctrl-C and kill reach Streamlit)."""
-    import os
+    """Replace this process with ``streamlit run nas/app/explorer.py -- SOURCE`` (Ctrl-C and kill reach Streamlit).
 
-    script = Path(__file__).resolve().parent.parent / "app" / "explorer.py"
+    The script is found inside the installed package, so ``nas app`` works from a wheel as from a checkout."""
+    import os
+    from importlib import resources
+
+    script = Path(str(resources.files("nas.app") / "explorer.py"))
     if not script.is_file():
-        raise UserError("nas app", "app/explorer.py", f"the explorer script at {script}; it is missing (nas app runs "
-                                                      f"from a source checkout installed with pip install -e .)")
+        raise UserError("nas app", "nas/app/explorer.py", f"the explorer script at {script}; it is missing "
+                                                          f"(a broken install: reinstall tinynas)")
     if not 0 < args.port < 65536:
         raise UserError("--port", "port", f"a TCP port between 1 and 65535, got {args.port}")
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(args.port),

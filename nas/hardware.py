@@ -1,10 +1,10 @@
 """Deployment targets: the limits a candidate must meet and a first-order model of its latency and energy.
 
-A target is one YAML file (schema in ``constraints/README.md``). The shipped ones live in the repository's
-``constraints/`` folder and are found by bare name (``imx500`` or ``imx500.yaml``); any other path is the
-user's own file. Loading validates everything up front so that a typo in a constraints file fails in one
-line, naming the file, the field and what was expected (:class:`nas.errors.UserError`), before a search
-spends hours on the wrong budget.
+A target is one YAML file (schema in ``nas/constraints/README.md``). The shipped ones live in the package's
+``nas/constraints/`` folder (installed with the wheel) and are found by bare name (``imx500`` or
+``imx500.yaml``); any other path is the user's own file. Loading validates everything up front so that a
+typo in a constraints file fails in one line, naming the file, the field and what was expected
+(:class:`nas.errors.UserError`), before a search spends hours on the wrong budget.
 
 Units, one convention everywhere:
 
@@ -30,11 +30,13 @@ import math
 import os
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import yaml
 
+from nas import yamlio
 from nas.errors import UserError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -264,11 +266,13 @@ class Target:
 
 
 def constraints_dir() -> Path:
-    """Where shipped targets live: ``$TINYNAS_CONSTRAINTS_DIR`` if set, else the repository's ``constraints/``."""
+    """Where shipped targets live: ``$TINYNAS_CONSTRAINTS_DIR`` if set, else the package's ``nas/constraints/``.
+
+    Found through the installed package, not the source checkout, so a wheel install finds them too."""
     override = os.environ.get(ENV_CONSTRAINTS_DIR)
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parent.parent / "constraints"
+    return Path(str(resources.files("nas") / "constraints"))
 
 
 def shipped_targets() -> list[str]:
@@ -320,7 +324,7 @@ def target_from_dict(data: Any, source: str) -> Target:
     top = _mapping(data, source, "", TOP_FIELDS)
     for required in ("runtime", "limits", "hardware"):
         if required not in top:
-            raise UserError(source, required, "a required field; it is missing (see constraints/README.md)")
+            raise UserError(source, required, "a required field; it is missing (see nas/constraints/README.md)")
 
     runtime = top["runtime"]
     if runtime not in RUNTIMES:
@@ -391,7 +395,7 @@ def load_target(name_or_path: str) -> Target:
     if not text.strip():
         raise UserError(source, "", "a YAML mapping with runtime, limits and hardware; the file is empty")
     try:
-        data = yaml.safe_load(text)
+        data = yamlio.load(text, source)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -1,6 +1,6 @@
 """Search spaces: YAML files of architecture choices, and the pure mapping from sampled choices to an ArchSpec.
 
-A space file (schema in ``search_spaces/README.md``) lists, for the input resolution, the width multiplier,
+A space file (schema in ``nas/search_spaces/README.md``) lists, for the input resolution, the width multiplier,
 every stage of the network and the head, either one fixed value or a list of choices. Each list becomes one
 categorical parameter named by its place in the file (``resolution``, ``width``, ``s3.kernel``,
 ``head.hidden``...). Two functions do all the work, and neither knows about Optuna:
@@ -23,11 +23,13 @@ import itertools
 import math
 import os
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import yaml
 
+from nas import yamlio
 from nas.errors import UserError, did_you_mean
 from nas.spec import ACT_TOKENS, ACTIVATIONS, BLOCK_KINDS, KERNELS, ArchSpec, Block, Head
 
@@ -236,11 +238,13 @@ def enumerate_points(space: Space, limit: int | None = None) -> list[dict[str, A
 
 
 def spaces_dir() -> Path:
-    """Where shipped spaces live: ``$TINYNAS_SPACES_DIR`` if set, else the repository's ``search_spaces/``."""
+    """Where shipped spaces live: ``$TINYNAS_SPACES_DIR`` if set, else the package's ``nas/search_spaces/``.
+
+    Found through the installed package, not the source checkout, so a wheel install finds them too."""
     override = os.environ.get(ENV_SPACES_DIR)
     if override:
         return Path(override).expanduser()
-    return Path(__file__).resolve().parent.parent / "search_spaces"
+    return Path(str(resources.files("nas") / "search_spaces"))
 
 
 def shipped_spaces() -> list[str]:
@@ -284,7 +288,7 @@ def load_space(name_or_path: str) -> Space:
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(source, "", f"a readable UTF-8 YAML file ({e})") from None
     try:
-        data = yaml.safe_load(text)
+        data = yamlio.load(text, source)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -300,7 +304,7 @@ def space_from_dict(data: Any, source: str) -> Space:
     _known(data, TOP_FIELDS, source, "")
     for required in ("resolution", "width", "stages", "head"):
         if required not in data:
-            raise UserError(source, required, "a required field; it is missing (see search_spaces/README.md)")
+            raise UserError(source, required, "a required field; it is missing (see nas/search_spaces/README.md)")
     name = data.get("name", Path(source).stem)
     if not isinstance(name, str) or not name.strip():
         raise UserError(source, "name", f"a non-empty string, got {name!r}")

@@ -403,8 +403,10 @@ def load_spec(text: str) -> ArchSpec:
             if path.suffix.lower() == ".json":
                 data = json.loads(raw)
             else:
-                import yaml
-                data = yaml.safe_load(raw)
+                from nas import yamlio
+                data = yamlio.load(raw, text)
+        except UserError:
+            raise  # a repeated YAML key, already named with its file and lines
         except Exception as e:  # noqa: BLE001 - any parse error is the user's file
             raise UserError(text, "", f"valid {path.suffix[1:].upper()} ({str(e).splitlines()[0]})") from None
         if isinstance(data, str):

@@ -1,4 +1,4 @@
-"""The Pareto explorer (app/explorer.py) driven by Streamlit's AppTest on a small *real* run.
+"""The Pareto explorer (nas/app/explorer.py) driven by Streamlit's AppTest on a small *real* run.
 
 The run is made once per test session by a real ``nas search`` (3 tiny candidates of a 32x32 space, 1 QAT epoch
 on 128 MNIST digits: about a minute on 2 cores) and shared with tests/test_app_browser.py. Everything the app
@@ -16,17 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from streamlit.testing.v1 import AppTest
 
-from nas import results  # noqa: E402
+from nas import results
+from nas.app import core, figures
 
 ROOT = Path(__file__).resolve().parent.parent
-APP = ROOT / "app" / "explorer.py"
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from app import core, figures  # noqa: E402
+APP = ROOT / "nas" / "app" / "explorer.py"
 
 TIMEOUT = 60
 TINY_SPACE = """\
@@ -184,7 +180,7 @@ def test_another_constraint_file_rechecks_fits(small_run: Path, tmp_path: Path) 
     arenas = sorted(r.tflm_arena_bytes for r in trained)
     limit = arenas[0] + 1 if len(set(arenas)) > 1 else arenas[0] - 1
     strict = tmp_path / "strict.yaml"
-    text = (ROOT / "constraints" / "mcu_vww.yaml").read_text().replace("sram: 250 KB", f"sram: {limit}")
+    text = (ROOT / "nas" / "constraints" / "mcu_vww.yaml").read_text().replace("sram: 250 KB", f"sram: {limit}")
     assert f"sram: {limit}" in text
     strict.write_text(text)
     at = app_on(small_run, target_choice="__custom__", target_path=str(strict))
@@ -192,7 +188,7 @@ def test_another_constraint_file_rechecks_fits(small_run: Path, tmp_path: Path) 
     fits = [r.number for r in trained if r.tflm_arena_bytes <= limit and r.tflite_bytes <= 256000]
     assert metric_value(at, "feasible") == str(len(fits))
     assert any("re-checked from stored figures" in c.value for c in at.caption)
-    # the same trial table from app.core: one check per trial, from the stored measured arena
+    # the same trial table from nas.app.core: one check per trial, from the stored measured arena
     df = core.trial_frame(core.load_source(str(small_run)), core.load_target(str(strict)))
     assert sorted(df.loc[df["category"] == "feasible", "number"]) == sorted(fits)
     # a broken file: one message naming it, the page stays on the run's own target

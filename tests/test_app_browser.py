@@ -7,17 +7,12 @@ else a skip with the reason.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from app import screenshot  # noqa: E402
-from tests.test_app import shared_run  # noqa: E402
+from nas.app import screenshot
+from tests.test_app import shared_run
 
 REQUIRE = os.environ.get("TINYNAS_REQUIRE_BROWSER") == "1"
 

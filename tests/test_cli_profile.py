@@ -40,7 +40,7 @@ def test_coral_micro_reproduces_the_paper():
 
 
 def test_measure_reports_real_tflm_arena_close_to_estimate():
-    out = run("profile", "--spec", "mobilenetv1-vww", "--constraints", "constraints/mcu_vww.yaml",
+    out = run("profile", "--spec", "mobilenetv1-vww", "--constraints", "nas/constraints/mcu_vww.yaml",
               "--measure", "--json", cwd=Path(__file__).resolve().parent.parent)
     assert out.returncode == 0, out.stderr
     rep = json.loads(out.stdout)

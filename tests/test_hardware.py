@@ -19,7 +19,7 @@ from nas.hardware import (
 
 TINYTRACKER_MACS = 16_815_360  # the TinyTracker preset in our profiler
 
-SHIPPED = Path(__file__).resolve().parent.parent / "constraints"
+SHIPPED = Path(__file__).resolve().parent.parent / "nas" / "constraints"
 
 GOOD_TFLM = """\
 name: test mcu

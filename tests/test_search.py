@@ -54,7 +54,7 @@ def write_space(path: Path, data: dict) -> Path:
 
 def derived_space(path: Path, shipped: str, **overrides) -> Path:
     """A shipped space with some top-level choices narrowed (e.g. 32x32 inputs) to keep tests fast."""
-    data = yaml.safe_load((ROOT / "search_spaces" / shipped).read_text())
+    data = yaml.safe_load((ROOT / "nas" / "search_spaces" / shipped).read_text())
     data.update(overrides)
     return write_space(path, data)
 
@@ -207,7 +207,7 @@ def test_mcu_vww_search_trains_only_feasible_candidates(tmp_path):
     # The shipped MobileNetV3 space at 32x32: at width 1.0 many candidates break the 250 KB flash limit.
     space = derived_space(tmp_path / "mnv3_32.yaml", "mobilenetv3.yaml", resolution=[32], width=[0.25, 1.0])
     run_dir = tmp_path / "run"
-    out = nas("search", "--constraints", "constraints/mcu_vww.yaml", "--dataset", "mnist", "--trials", "3",
+    out = nas("search", "--constraints", "nas/constraints/mcu_vww.yaml", "--dataset", "mnist", "--trials", "3",
               *QUICK, "--space", str(space), "--run-dir", str(run_dir))
     assert out.returncode == 0, out.stderr[-3000:]
     assert f"nas pareto {run_dir}" in out.stdout
@@ -228,7 +228,7 @@ def test_mcu_vww_search_trains_only_feasible_candidates(tmp_path):
 def test_gaze_space_on_imx500(tmp_path):
     space = derived_space(tmp_path / "tt_32.yaml", "tinytracker.yaml", resolution=[32], width=[0.25, 0.5])
     run_dir = tmp_path / "run"
-    out = nas("search", "--constraints", "constraints/imx500.yaml", "--dataset", "gaze-synthetic", "--trials", "2",
+    out = nas("search", "--constraints", "nas/constraints/imx500.yaml", "--dataset", "gaze-synthetic", "--trials", "2",
               *QUICK, "--space", str(space), "--run-dir", str(run_dir), "--sampler", "random")
     assert out.returncode == 0, out.stderr[-3000:]
     report = check_run(run_dir, memory_limit=8_388_480)
@@ -350,9 +350,9 @@ def test_two_workers_share_a_postgresql_study_without_losing_or_repeating_trials
 
 @pytest.mark.slow
 @pytest.mark.parametrize("constraints, dataset, space, limit", [
-    ("constraints/mcu_vww.yaml", "mnist", None, 250 * 1024),
-    ("constraints/imx500.yaml", "mnist", None, 8_388_480),
-    ("constraints/imx500.yaml", "gaze-synthetic", "search_spaces/tinytracker.yaml", 8_388_480),
+    ("nas/constraints/mcu_vww.yaml", "mnist", None, 250 * 1024),
+    ("nas/constraints/imx500.yaml", "mnist", None, 8_388_480),
+    ("nas/constraints/imx500.yaml", "gaze-synthetic", "nas/search_spaces/tinytracker.yaml", 8_388_480),
 ])
 def test_must_show_commands(tmp_path, constraints, dataset, space, limit):
     run_dir = tmp_path / "run"
@@ -375,7 +375,7 @@ ONE_POINT = {**TINY, "resolution": 16, "width": 0.25,
 
 def _flash_limited_target(tmp_path: Path, limit: int, name: str) -> Path:
     """A copy of mcu_vww.yaml whose flash limit is ``limit`` bytes."""
-    data = yaml.safe_load((ROOT / "constraints" / "mcu_vww.yaml").read_text())
+    data = yaml.safe_load((ROOT / "nas" / "constraints" / "mcu_vww.yaml").read_text())
     data["limits"]["flash"] = f"{limit} B"
     target = tmp_path / f"{name}.yaml"
     target.write_text(yaml.safe_dump(data, sort_keys=False))

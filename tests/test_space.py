@@ -15,7 +15,7 @@ from nas.spec import ArchSpec
 MNIST = DataShape("classification", classes=10, channels=1)
 VWW = DataShape("classification", classes=2, channels=3)
 GAZE = DataShape("gaze", classes=0, channels=3, grid_channels=2)
-SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+SPACES = Path(__file__).resolve().parent.parent / "nas" / "search_spaces"
 
 SMALL = {
     "name": "small",

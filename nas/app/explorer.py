@@ -1,6 +1,6 @@
-"""tinynas Pareto explorer: ``nas app RUN_DIR_OR_STORAGE_URL`` or ``streamlit run app/explorer.py -- RUN_DIR``.
+"""tinynas Pareto explorer: ``nas app RUN_DIR_OR_STORAGE_URL`` or ``streamlit run nas/app/explorer.py -- RUN_DIR``.
 
-Reads a run only through :mod:`nas.results` (via :mod:`app.core`); draws the INT8 metric / peak memory / energy
+Reads a run only through :mod:`nas.results` (via :mod:`nas.app.core`); draws the INT8 metric / peak memory / energy
 trade-off in 3-D and its three 2-D projections with the Pareto front, the constraint limits, filters, a
 re-check against any constraint file, a trial page and the Export button (``nas export``'s own function).
 
@@ -21,15 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+import numpy as np
+import pandas as pd
+import streamlit as st
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import streamlit as st  # noqa: E402
-
-from app import core, figures  # noqa: E402
+from nas.app import core, figures
 
 ENV_SOURCE = "TINYNAS_APP_SOURCE"
 ENV_STORAGE = "TINYNAS_APP_STORAGE"

@@ -1,5 +1,5 @@
 """Plotly figures of the explorer: the 3-D trade-off, its three 2-D projections, a spec as a stack of blocks and a
-spec's per-layer activation memory. Pure functions of a trial table (:func:`app.core.trial_frame`)."""
+spec's per-layer activation memory. Pure functions of a trial table (:func:`nas.app.core.trial_frame`)."""
 from __future__ import annotations
 
 import math
@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from app.core import CATEGORIES, CATEGORY_LABELS, PARAM_PREFIX, TRAINED_CATEGORIES
+from nas.app.core import CATEGORIES, CATEGORY_LABELS, PARAM_PREFIX, TRAINED_CATEGORIES
 
 STATUS_COLOURS = {
     "front": "#d62728",       # red

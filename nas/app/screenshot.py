@@ -9,7 +9,7 @@ blue) and many distinct colours; a blank page, Streamlit's skeleton or an error 
 
 Make the README picture (after a real ``nas search``)::
 
-    python -m app.screenshot runs/<study> docs/explorer.png --size 1600x1900
+    python -m nas.app.screenshot runs/<study> docs/explorer.png --size 1600x1900
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ ENV_CHROMIUM = "TINYNAS_CHROMIUM"
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars")
-FRONT_RGB = (214, 39, 40)      # app.figures.STATUS_COLOURS["front"]
-FEASIBLE_RGB = (31, 119, 180)  # app.figures.STATUS_COLOURS["feasible"]
+FRONT_RGB = (214, 39, 40)      # nas.app.figures.STATUS_COLOURS["front"]
+FEASIBLE_RGB = (31, 119, 180)  # nas.app.figures.STATUS_COLOURS["feasible"]
 
 
 def find_chromium() -> str | None:
@@ -393,7 +393,7 @@ def page_dom(url: str, *, chromium: str | None = None, budget_ms: int = 30000) -
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m app.screenshot", description="screenshot of the explorer on a run")
+    p = argparse.ArgumentParser(prog="python -m nas.app.screenshot", description="screenshot of the explorer on a run")
     p.add_argument("source", help="run directory (or storage URL)")
     p.add_argument("out", help="PNG to write")
     p.add_argument("--size", default="1600x1900", help="window WIDTHxHEIGHT (default 1600x1900)")
