@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.errors import UserError, did_you_mean
+from nas.formatting import first_line
 
 ACTIVATIONS = {"re": "relu", "r6": "relu6", "hs": "hswish"}
 ACT_TOKENS = {v: k for k, v in ACTIVATIONS.items()}
@@ -399,16 +400,14 @@ def load_spec(text: str) -> ArchSpec:
         if not path.is_file():
             raise UserError(text, "", "an existing JSON or YAML spec file")
         raw = path.read_text()
+        from nas import yamlio  # PyYAML: not needed where only spec strings are parsed (the IMX500 worker)
+
         try:
-            if path.suffix.lower() == ".json":
-                data = json.loads(raw)
-            else:
-                from nas import yamlio
-                data = yamlio.load(raw, text)
+            data = yamlio.load_json(raw, text) if path.suffix.lower() == ".json" else yamlio.load(raw, text)
         except UserError:
-            raise  # a repeated YAML key, already named with its file and lines
+            raise  # a repeated key, already named with its file (and, for YAML, its lines)
         except Exception as e:  # noqa: BLE001 - any parse error is the user's file
-            raise UserError(text, "", f"valid {path.suffix[1:].upper()} ({str(e).splitlines()[0]})") from None
+            raise UserError(text, "", f"valid {path.suffix[1:].upper()} ({first_line(e)})") from None
         if isinstance(data, str):
             return parse_spec_string(data, source=text)
         if isinstance(data, dict) and "spec" in data and isinstance(data["spec"], str):

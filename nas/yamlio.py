@@ -68,3 +68,18 @@ def _refuse_repeated_keys(loader: yaml.SafeLoader, node: Node, source: str, wher
             raise UserError(source, name, f"each key once; '{key}' appears twice (lines {earlier} and {line}), "
                                           f"and YAML would silently keep only the second value")
         _refuse_repeated_keys(loader, value_node, source, name, seen)
+
+
+def load_json(text: str, source: str) -> Any:
+    """``json.loads`` that refuses a repeated key, as :func:`load` does for YAML (JSON keeps the last one)."""
+    import json
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise UserError(source, key, f"each key once; '{key}' appears twice in one object")
+            out[key] = value
+        return out
+
+    return json.loads(text, object_pairs_hook=pairs)

@@ -139,3 +139,17 @@ def test_load_spec_raises_the_repeated_key_as_is(tmp_path: Path) -> None:
     with pytest.raises(UserError) as e:
         load_spec(str(path))
     assert e.value.source == str(path) and e.value.field == "spec" and "lines 1 and 2" in e.value.expected
+
+
+def test_a_json_spec_file_with_a_repeated_key_is_refused(tmp_path) -> None:
+    """JSON's own parser keeps the last of two equal keys; a spec file is refused instead."""
+    from nas.errors import UserError
+    from nas.spec import load_spec, preset
+
+    good = preset("mobilenetv1-vww").to_json()
+    path = tmp_path / "spec.json"
+    path.write_text(good[:-1] + ', "width": 0.5}')
+    with pytest.raises(UserError, match=r"spec.json: field 'width': each key once"):
+        load_spec(str(path))
+    path.write_text(good)
+    assert load_spec(str(path)) == preset("mobilenetv1-vww")
