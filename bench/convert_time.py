@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-import nas  # noqa: E402,F401  - sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from nas.tf import builder, convert  # noqa: E402
-from nas.spec import preset  # noqa: E402
+import nas  # noqa: F401  - sets TF_USE_LEGACY_KERAS before TensorFlow loads
+from nas.tf import builder, convert
+from nas.spec import preset
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PATHS = ("keras", "frozen")

@@ -37,12 +37,12 @@ from typing import Any
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
-import nas  # noqa: E402,F401
-from nas import results, search  # noqa: E402
-from nas.hardware import load_target  # noqa: E402
-from nas.spec import ArchSpec, preset  # noqa: E402
+import nas  # noqa: F401
+from nas import results, search
+from nas.hardware import load_target
+from nas.spec import ArchSpec, preset
 
 QUICK_SPACE = {
     "name": "quick",

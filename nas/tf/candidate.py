@@ -80,7 +80,7 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         trained = train.train_qat(spec, ds, budget, seed=seed, verbose=verbose)
     except TrainingError as e:
         raise CandidateError(str(e)) from e
-    except Exception as e:  # noqa: BLE001 - e.g. ResourceExhaustedError; the search must go on
+    except Exception as e:
         raise CandidateError(f"training failed: {first_line(e, with_type=True)}") from e
     timings = dict(trained.timings)
 
@@ -90,7 +90,7 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
     t0 = time.perf_counter()
     try:
         tflite = convert.to_int8(trained.model, x_train, samples=100)
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         raise CandidateError(f"INT8 conversion failed: {first_line(e, with_type=True)}") from e
     timings["convert"] = time.perf_counter() - t0
     _write_atomic(out_dir / "model_int8.tflite", tflite)
