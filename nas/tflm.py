@@ -8,7 +8,7 @@ Why a child process: on some arenas that are too small, ``tflite_micro``'s inter
 crashes the whole process with SIGSEGV inside ``runtime.Interpreter.__init__`` (it logs "Failed to
 allocate temp memory ... Failed to populate a temp TfLiteTensor struct from flatbuffer data!" and a kernel
 then reads the missing tensor; ``shared/bugs/tflm_segfault_small_arena.tflite`` at 30,000 bytes). So an
-arena that may not fit is only ever tried in a child, :class:`ArenaProber` (``python -m nas.tflm``), where
+arena that may not fit is only ever tried in a child process, :class:`ArenaProber`, where
 a death by signal is simply the answer "does not fit". One child serves a whole bisection and is restarted
 only after a crash, so a search costs one interpreter start-up more than in-process probing.
 """
@@ -132,7 +132,7 @@ def _allocation_report(data: bytes, n_inputs: int, arena_size: int) -> dict[str,
 
 
 class ArenaProber:
-    """A child process (``python -m nas.tflm``) that tries arena sizes for one model, so a TFLM crash on a
+    """A child process (:func:`_serve`) that tries arena sizes for one model, so a TFLM crash on a
     too-small arena kills the child, not the caller. A context manager; the child starts on the first
     question and again after each crash.
 
@@ -141,11 +141,10 @@ class ArenaProber:
     """
 
     def __init__(self, data: bytes, n_inputs: int) -> None:
+        self._data = data
         self._n_inputs = n_inputs
-        self._model = tempfile.NamedTemporaryFile(prefix="tinynas-tflm-", suffix=".tflite")
-        self._model.write(data)
-        self._model.flush()
-        self._errors: IO[bytes] = tempfile.TemporaryFile()
+        self._model: IO[bytes] | None = None  # the model file the child reads, written when one first starts
+        self._errors: IO[bytes] | None = None  # the child's stderr: TFLM's logs, or a Python traceback
         self._child: subprocess.Popen[str] | None = None
         self.crashes = 0  #: how many requests the child died on (each one answered "does not fit")
 
@@ -160,20 +159,24 @@ class ArenaProber:
             self._child.stdin.close()
             self._child.wait()
             self._child = None
-        self._model.close()
-        self._errors.close()
+        for f in (self._model, self._errors):
+            if f is not None:
+                f.close()
 
     def _start(self) -> subprocess.Popen[str]:
-        # The child must import this very ``nas`` (a checkout, or a wheel in site-packages, where the entry
-        # is harmless because it is already on the path), not whatever ``nas`` its working directory has.
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]),
-                                                        env.get("PYTHONPATH")) if p)
+        if self._model is None:
+            self._model = tempfile.NamedTemporaryFile(prefix="tinynas-tflm-", suffix=".tflite")
+            self._model.write(self._data)
+            self._model.flush()
+            self._errors = tempfile.TemporaryFile()
         self._errors.seek(0)
         self._errors.truncate()
-        return subprocess.Popen([sys.executable, "-m", "nas.tflm", self._model.name, str(self._n_inputs)],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors, text=True,
-                                bufsize=1, env=env)
+        # The child gets this process's sys.path (as multiprocessing's spawn does), so it imports this very
+        # ``nas``, whether from a checkout, a test run's root or a wheel, and nothing that this process would not.
+        code = (f"import sys; sys.path[:] = {sys.path!r}; from nas.tflm import _serve; "
+                f"sys.exit(_serve({self._model.name!r}, {self._n_inputs}))")
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=self._errors, text=True, bufsize=1)
 
     def _ask(self, request: str, arena_size: int) -> dict[str, str]:
         if self._child is None:
@@ -284,7 +287,7 @@ def _find_minimum_arena(fits_in: Callable[[int], bool], low: int, high: int) -> 
 
 
 def _serve(model_path: str, n_inputs: int) -> int:
-    """The child's loop (``python -m nas.tflm MODEL N_INPUTS``): answer ``fits N`` / ``measure N`` lines."""
+    """The :class:`ArenaProber` child's loop: answer ``fits N`` / ``measure N`` lines from stdin."""
     data = Path(model_path).read_bytes()
     for line in sys.stdin:
         request, size = line.split()
@@ -295,7 +298,3 @@ def _serve(model_path: str, n_inputs: int) -> int:
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_serve(sys.argv[1], int(sys.argv[2])))

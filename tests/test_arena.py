@@ -26,7 +26,7 @@ from nas.arena import (  # noqa: E402
     plan_offsets,
     read_graph,
 )
-from nas.tflm import ArenaMeasurement, fits, measure_tflm  # noqa: E402
+from nas.tflm import ArenaMeasurement, ArenaProber, fits, measure_tflm  # noqa: E402
 from tests.shared import SHARED, require  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -205,7 +205,10 @@ def test_arena_search_survives_tflm_segfault() -> None:
     assert m.min_arena_bytes == 40_936, m.min_arena_bytes  # tflite-micro 0.dev20261023: total 40,944 B, head 9,216 B
     assert fits(SEGFAULT_MODEL, m.min_arena_bytes)
     assert not fits(SEGFAULT_MODEL, m.min_arena_bytes - 1)
-    assert not fits(SEGFAULT_MODEL, 30_000)  # the size that crashes the interpreter: an answer, not a death
+    with ArenaProber(SEGFAULT_MODEL.read_bytes(), n_inputs=1) as prober:
+        # 30,000 B kills the interpreter (if a tflite-micro update fixes that, crashes is 0: drop this line)
+        assert not prober.fits(30_000) and prober.crashes == 1
+        assert prober.fits(m.min_arena_bytes)  # a fresh child answers after the crash
 
 
 def test_garbage_file_is_a_clear_error(tmp_path: Path) -> None:
@@ -342,3 +345,9 @@ def test_mean_scratch_buffers_are_part_of_the_head(generated_models: dict[str, b
     assert [b.size for b in scratch] == [32 * 16 * 4, 4 * 4, 4 * 1]
     without = plan_arena([b for b in buffers if not b.name.startswith("scratch")])
     assert without < plan_arena(buffers) == measure_tflm(data).head_bytes
+
+
+def test_missing_shared_file_is_a_failure_that_says_where(tmp_path: Path) -> None:
+    """Data from shared/ is never skipped over: its absence fails the test and names the file."""
+    with pytest.raises(pytest.fail.Exception, match=f"missing {tmp_path / 'absent.tflite'}.*shared/ folder"):
+        require(tmp_path / "absent.tflite")
