@@ -154,11 +154,19 @@ class ArenaProber:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def _reap(self) -> int:
+        """Close the child's pipes (its loop ends on EOF) and wait for it; its exit status."""
+        child, self._child = self._child, None
+        for pipe in (child.stdin, child.stdout):
+            try:
+                pipe.close()
+            except BrokenPipeError:  # stdin's buffer could not be flushed into a dead child
+                pass
+        return child.wait()
+
     def close(self) -> None:
         if self._child is not None:
-            self._child.stdin.close()
-            self._child.wait()
-            self._child = None
+            self._reap()
         for f in (self._model, self._errors):
             if f is not None:
                 f.close()
@@ -181,17 +189,15 @@ class ArenaProber:
     def _ask(self, request: str, arena_size: int) -> dict[str, str]:
         if self._child is None:
             self._child = self._start()
-        child = self._child
         try:
-            child.stdin.write(f"{request} {arena_size}\n")
-            child.stdin.flush()
-            line = child.stdout.readline()
+            self._child.stdin.write(f"{request} {arena_size}\n")
+            self._child.stdin.flush()
+            line = self._child.stdout.readline()
         except BrokenPipeError:
             line = ""
         if line:
             return json.loads(line)
-        code = child.wait()
-        self._child = None
+        code = self._reap()
         if code < 0:  # killed by a signal: TFLM crashed on this arena, which therefore does not fit
             self.crashes += 1
             log.debug("TFLM child died with %s on an arena of %d bytes", signal.Signals(-code).name, arena_size)
@@ -245,6 +251,7 @@ def measure_tflm(model: bytes | bytearray | str | Path, *, find_minimum: bool = 
     arena = max(_FIRST_ARENA, 2 * len(data))
     with ArenaProber(data, n_inputs) as prober:
         attempt: Callable[[int], dict[str, str]] = prober.measure
+        # With find_minimum a child starts anyway, so it measures too; else this process, when that is safe.
         if not find_minimum and _in_process_is_safe(data, arena):
             attempt = lambda size: _allocation_report(data, n_inputs, size)  # noqa: E731
         while True:
