@@ -36,7 +36,7 @@ class Layers:
     conv: Callable[[Tensor, int, int, int, str, bool, str], Tensor]
     depthwise: Callable[[Tensor, int, int, str], Tensor]  #: (x, kernel, stride, name): "same", no bias
     batch_norm: Callable[[Tensor, str], Tensor]
-    relu: Callable[[Tensor, "float | None", str], Tensor]  #: (x, max value or None, name)
+    relu: Callable[[Tensor, float | None, str], Tensor]  #: (x, max value or None, name)
     hard_swish: Callable[[Tensor, str], Tensor]  #: x * relu6(x + 3) / 6
     hard_sigmoid: Callable[[Tensor, str], Tensor]  #: relu6(x + 3) / 6, the squeeze-excite gate
     multiply: Callable[[Tensor, Tensor, str], Tensor]  #: (x, per-channel gate, name): the SE rescale

@@ -9,6 +9,7 @@ the builder in tests/test_imx500.py.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -59,9 +60,8 @@ class _Recorder:
         return args[-1]
 
     def layers(self) -> topology.Layers:
-        fields = [f for f in topology.Layers.__dataclass_fields__ if f != "model"]
-        return topology.Layers(model=lambda inputs, outputs, name: self.names,
-                               **{f: self.layer for f in fields})
+        makers = {f.name: self.layer for f in dataclasses.fields(topology.Layers) if f.name != "model"}
+        return topology.Layers(model=lambda inputs, outputs, name: self.names, **makers)
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN))
