@@ -22,11 +22,14 @@ import shutil
 import subprocess
 import sys
 import time
+import tempfile
 import xml.etree.ElementTree as ET
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from nas import topology
 from nas.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,8 @@ EXPECTED_VERSIONS = {
 }
 PYTHONS = ("python3.11", "python3.10")
 JAVA_MAJOR = 17
-WORKER = Path(__file__).with_name("imx500_worker.py")
+#: Our package: the worker and what it imports (``nas.spec``, ``nas.topology``) are pure Python.
+PACKAGE = Path(__file__).resolve().parent
 #: Ceiling for one worker or converter run; a MobileNetV3-size model takes well under a minute.
 STEP_TIMEOUT_S = 1800
 SETUP_LOG = "tinynas-setup.log"
@@ -174,6 +178,25 @@ def _clean_env(venv: Path) -> dict[str, str]:
     return env
 
 
+@contextmanager
+def worker_command(venv: Path, job: Path) -> Iterator[tuple[list[str], dict[str, str]]]:
+    """(command, environment) that runs :mod:`nas.imx500_worker` on ``job`` in the converter's venv; valid
+    for the duration of the block.
+
+    The worker imports ``nas.spec`` and ``nas.topology`` from our package. Putting the package's parent on
+    its path would do in a checkout, but in a wheel install that parent is our venv's site-packages, whose
+    TensorFlow 2.21 and numpy 2 would shadow the converter venv's TF 2.15. So ``PYTHONPATH`` is a temporary
+    folder that holds nothing but a link ``nas`` -> :data:`PACKAGE`, and the worker runs as a module
+    (``-m``): run as a script, its own folder (``nas/``, with modules like ``profile`` and ``data``) would
+    come first on its path.
+    """
+    with tempfile.TemporaryDirectory(prefix="tinynas-imx500-path-") as tmp:
+        (Path(tmp) / "nas").symlink_to(PACKAGE, target_is_directory=True)
+        env = _clean_env(venv)
+        env["PYTHONPATH"] = tmp
+        yield [str(venv_python(venv)), "-m", "nas.imx500_worker", str(job)], env
+
+
 def check(venv: str | Path | None = None, *, deep: bool = True) -> EnvStatus:
     """Check the converter venv: files present, package versions as STACK.md requires, Java 17, and (deep)
     that MCT really imports and ``imxconv-tf --version`` runs. Never raises; problems are listed."""
@@ -294,21 +317,10 @@ def float_weights(qat_model: Any, float_model: Any) -> dict[str, Any]:
                 continue
             owner = parts[-2][len("quant_"):] if parts[-2].startswith("quant_") else parts[-2]
             found[f"{owner}/{parts[-1]}"] = var.numpy()
-    out: dict[str, Any] = {}
-    for layer in float_model.layers:
-        values = []
-        for var in layer.weights:
-            key = f"{layer.name}/{var.name.split('/')[-1].split(':')[0]}"
-            if key not in found:
-                raise Imx500Error(f"the trained model has no weight '{key}' (was it built from this spec?)")
-            if tuple(found[key].shape) != tuple(var.shape):
-                raise Imx500Error(f"weight '{key}' has shape {found[key].shape} in the trained model, "
-                                  f"{tuple(var.shape)} in the rebuilt one")
-            values.append(found[key])
-            out[key] = found[key]
-        if values:
-            layer.set_weights(values)
-    return out
+    try:
+        return topology.set_weights(float_model, found, "the trained model")
+    except ValueError as e:
+        raise Imx500Error(str(e)) from None
 
 
 # --------------------------------------------------------------------------------------------- convert
@@ -419,13 +431,12 @@ def convert(spec_string: str, weights: Mapping[str, Any], representative: Any, c
            "representative": str(work / "representative.npy"), "check_inputs": str(work / "check.npy"),
            "out_dir": str(work)}
     (work / "job.json").write_text(json.dumps(job, indent=1))
-    env = _clean_env(v)
-    timings = {"mct": _run_logged([venv_python(v), WORKER, work / "job.json"], out_dir / "mct.log", env, work,
-                                  "MCT quantization (nas/imx500_worker.py)")}
+    with worker_command(v, work / "job.json") as (cmd, env):
+        timings = {"mct": _run_logged(cmd, out_dir / "mct.log", env, work, "MCT quantization (nas/imx500_worker.py)")}
     conv_dir = out_dir / "converter"
     timings["imxconv"] = _run_logged([venv_imxconv(v), "-i", work / "model.keras", "-o", conv_dir,
                                       "--overwrite-output", "--report-size-unit", "B"],
-                                     out_dir / "imxconv.log", env, work, "imxconv-tf")
+                                     out_dir / "imxconv.log", _clean_env(v), work, "imxconv-tf")
     packer = conv_dir / PACKER
     reports = sorted(conv_dir.glob(MEMORY_REPORT_GLOB))
     if not packer.is_file() or not reports:

@@ -3,24 +3,34 @@
 :mod:`nas.arena` predicts a model's arena (the greedy planner emulated and a calibrated tail); this module
 asks the real runtime. ``tflite_micro`` is its own C++ extension and imports no TensorFlow, so the search
 coordinator and ``nas profile`` can measure without loading TensorFlow.
+
+Why a child process: on some arenas that are too small, ``tflite_micro``'s interpreter does not raise but
+crashes the whole process with SIGSEGV inside ``runtime.Interpreter.__init__`` (it logs "Failed to
+allocate temp memory ... Failed to populate a temp TfLiteTensor struct from flatbuffer data!" and a kernel
+then reads the missing tensor; ``shared/bugs/tflm_segfault_small_arena.tflite`` at 30,000 bytes). So an
+arena that may not fit is only ever tried in a child process, :class:`ArenaProber`, where
+a death by signal is simply the answer "does not fit". One child serves a whole bisection and is restarted
+only after a crash, so a search costs one interpreter start-up more than in-process probing.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
+import signal
+import subprocess
+import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import IO, Any, Callable, Mapping
 
 import numpy as np
 
-from nas.arena import ARENA_ALIGNMENT, load_bytes, read_graph
+from nas.arena import ARENA_ALIGNMENT, estimate_arena, load_bytes, read_graph
 
 log = logging.getLogger(__name__)
-
-
 
 
 @dataclass(frozen=True)
@@ -44,6 +54,10 @@ _CATEGORY_RE = re.compile(
 #: First arena tried, and the largest one tried before giving up (the wrapper mallocs it).
 _FIRST_ARENA = 4 << 20
 _MAX_ARENA = 64 << 20
+#: The generous first arena is tried in-process only when it is at least this many times the estimate
+#: (:func:`nas.arena.estimate_arena`: exact head, tail within 2 % on every model seen), i.e. when it cannot
+#: be too small, the only case in which TFLM can crash.
+_IN_PROCESS_MARGIN = 2
 
 
 class CaptureStderr:
@@ -64,10 +78,12 @@ class CaptureStderr:
         self._tmp.close()
 
 
-def _interpreter(data: bytes, arena_size: int) -> tuple[Any | None, str]:
-    """Build a TFLM interpreter; return (interpreter, or None when allocation failed; runtime log).
+def interpreter(data: bytes, arena_size: int) -> tuple[Any | None, str]:
+    """Build a TFLM interpreter in this process; return (interpreter, or None when allocation failed; log).
 
-    Errors other than TFLM's own ``RuntimeError`` propagate (the caller adds the model's name).
+    Only for an arena known to fit (``measure_tflm``'s ``arena_bytes`` or ``min_arena_bytes``): on some
+    too-small arenas TFLM crashes the process instead of failing (module docstring); ask :func:`fits` or
+    an :class:`ArenaProber` first. Errors other than TFLM's own ``RuntimeError`` propagate.
     """
     from tflite_micro import runtime
 
@@ -88,6 +104,133 @@ def _is_out_of_memory(log_text: str) -> bool:
     return any(s in log_text for s in ("Failed to resize buffer", "Failed to allocate", "missing:"))
 
 
+def _allocation_report(data: bytes, n_inputs: int, arena_size: int) -> dict[str, str]:
+    """One measuring attempt: allocate, invoke once on zeros, ``print_allocations()``.
+
+    Returns ``{"status": "ok", "log": <the allocation report>}``, ``{"status": "no-fit", "log": ...}`` when
+    the arena is too small, or ``{"status": "error", "message": ...}`` for a model TFLM cannot run. A dict
+    of strings because the child process sends it back as one JSON line.
+    """
+    try:
+        interp, text = interpreter(data, arena_size)
+        if interp is None:
+            if _is_out_of_memory(text):
+                return {"status": "no-fit", "log": text}
+            return {"status": "error", "message": f"TFLM could not prepare the model (arena of {arena_size} "
+                                                  f"bytes): {_one_line(text)}"}
+        with CaptureStderr() as cap:
+            for i in range(n_inputs):
+                d = interp.get_input_details(i)
+                interp.set_input(np.zeros(d["shape"], dtype=d["dtype"]), i)
+            interp.invoke()
+            interp.print_allocations()
+    except RuntimeError as e:
+        return {"status": "error", "message": f"TFLM failed to run the model: {_one_line(str(e))}"}
+    except Exception as e:  # the wrapper's own parsing (struct.error, ...) on a subtly broken file
+        return {"status": "error", "message": f"TFLM rejected the model ({type(e).__name__}: {e})"}
+    return {"status": "ok", "log": cap.text}
+
+
+class ArenaProber:
+    """A child process (:func:`_serve`) that tries arena sizes for one model, so a TFLM crash on a
+    too-small arena kills the child, not the caller. A context manager; the child starts on the first
+    question and again after each crash.
+
+    Protocol: the model goes to the child as a file; then one request per line on its stdin
+    (``fits N`` or ``measure N``), one JSON line back per request.
+    """
+
+    def __init__(self, data: bytes, n_inputs: int) -> None:
+        self._data = data
+        self._n_inputs = n_inputs
+        self._model: IO[bytes] | None = None  # the model file the child reads, written when one first starts
+        self._errors: IO[bytes] | None = None  # the child's stderr: TFLM's logs, or a Python traceback
+        self._child: subprocess.Popen[str] | None = None
+        self.crashes = 0  #: how many requests the child died on (each one answered "does not fit")
+
+    def __enter__(self) -> "ArenaProber":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _reap(self) -> int:
+        """Close the child's pipes (its loop ends on EOF) and wait for it; its exit status."""
+        child, self._child = self._child, None
+        for pipe in (child.stdin, child.stdout):
+            try:
+                pipe.close()
+            except BrokenPipeError:  # stdin's buffer could not be flushed into a dead child
+                pass
+        return child.wait()
+
+    def close(self) -> None:
+        if self._child is not None:
+            self._reap()
+        for f in (self._model, self._errors):
+            if f is not None:
+                f.close()
+
+    def _start(self) -> subprocess.Popen[str]:
+        if self._model is None:
+            self._model = tempfile.NamedTemporaryFile(prefix="tinynas-tflm-", suffix=".tflite")
+            self._model.write(self._data)
+            self._model.flush()
+            self._errors = tempfile.TemporaryFile()
+        self._errors.seek(0)
+        self._errors.truncate()
+        # The child gets this process's sys.path (as multiprocessing's spawn does), so it imports this very
+        # ``nas``, whether from a checkout, a test run's root or a wheel, and nothing that this process would not.
+        code = (f"import sys; sys.path[:] = {sys.path!r}; from nas.tflm import _serve; "
+                f"sys.exit(_serve({self._model.name!r}, {self._n_inputs}))")
+        return subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=self._errors, text=True, bufsize=1)
+
+    def _ask(self, request: str, arena_size: int) -> dict[str, str]:
+        if self._child is None:
+            self._child = self._start()
+        try:
+            self._child.stdin.write(f"{request} {arena_size}\n")
+            self._child.stdin.flush()
+            line = self._child.stdout.readline()
+        except BrokenPipeError:
+            line = ""
+        if line:
+            return json.loads(line)
+        code = self._reap()
+        if code < 0:  # killed by a signal: TFLM crashed on this arena, which therefore does not fit
+            self.crashes += 1
+            log.debug("TFLM child died with %s on an arena of %d bytes", signal.Signals(-code).name, arena_size)
+            return {"status": "no-fit", "log": f"TFLM crashed ({signal.Signals(-code).name})"}
+        self._errors.seek(0)
+        tail = self._errors.read().decode("utf-8", "replace").strip().splitlines()[-3:]
+        raise RuntimeError(f"the TFLM child process exited with {code}: {' | '.join(tail) or 'no message'}")
+
+    def fits(self, arena_size: int) -> bool:
+        """Whether the model allocates in ``arena_size`` bytes (a crash counts as no)."""
+        return self._ask("fits", arena_size)["status"] == "ok"
+
+    def measure(self, arena_size: int) -> dict[str, str]:
+        """:func:`_allocation_report` at ``arena_size``, run in the child (a crash reads as ``no-fit``)."""
+        return self._ask("measure", arena_size)
+
+
+def fits(model: bytes | bytearray | str | Path, arena_size: int) -> bool:
+    """Whether ``model`` allocates in an arena of ``arena_size`` bytes, asked in a child process."""
+    data, source = load_bytes(model)
+    with ArenaProber(data, len(read_graph(data, source).main.inputs)) as prober:
+        return prober.fits(arena_size)
+
+
+def _in_process_is_safe(data: bytes, arena_size: int) -> bool:
+    """Whether ``arena_size`` is surely big enough for an in-process attempt (see :data:`_IN_PROCESS_MARGIN`)."""
+    try:
+        return _IN_PROCESS_MARGIN * estimate_arena(data) <= arena_size
+    except Exception as e:  # noqa: BLE001 - an op the estimate does not know: measure in the child
+        log.debug("no arena estimate (%s); measuring in a child process", e)
+        return False
+
+
 def measure_tflm(model: bytes | bytearray | str | Path, *, find_minimum: bool = False) -> ArenaMeasurement:
     """Measure a model's arena with the real TFLM host interpreter (``tflite_micro``).
 
@@ -98,53 +241,67 @@ def measure_tflm(model: bytes | bytearray | str | Path, *, find_minimum: bool = 
     op, bad quantization) raises ``RuntimeError`` with the path and TFLM's own message.
 
     With ``find_minimum`` a binary search finds the smallest ``arena_size`` that still allocates; it
-    can be a few bytes below ``arena_bytes`` (the recorder counts the tail's alignment padding).
+    can be a few bytes below ``arena_bytes`` (the recorder counts the tail's alignment padding). The
+    search, and a generous arena that might be too small, run in a child process (:class:`ArenaProber`):
+    TFLM can crash on a too-small arena.
     """
     data, source = load_bytes(model)
     graph = read_graph(data, source)  # raises ValueError on a corrupt flatbuffer
+    n_inputs = len(graph.main.inputs)
     arena = max(_FIRST_ARENA, 2 * len(data))
-    try:
+    with ArenaProber(data, n_inputs) as prober:
+        attempt: Callable[[int], dict[str, str]] = prober.measure
+        # With find_minimum a child starts anyway, so it measures too; else this process, when that is safe.
+        if not find_minimum and _in_process_is_safe(data, arena):
+            attempt = lambda size: _allocation_report(data, n_inputs, size)  # noqa: E731
         while True:
-            interp, text = _interpreter(data, arena)
-            if interp is not None:
+            report = attempt(arena)
+            if report["status"] == "error":
+                raise RuntimeError(f"{source}: {report['message']}")
+            if report["status"] == "ok":
                 break
-            if not _is_out_of_memory(text) or arena >= _MAX_ARENA:
+            if arena >= _MAX_ARENA:
                 raise RuntimeError(f"{source}: TFLM could not prepare the model (arena of {arena} bytes): "
-                                   f"{_one_line(text)}")
+                                   f"{_one_line(report['log'])}")
             arena *= 2
-        with CaptureStderr() as cap:
-            for i in range(len(graph.main.inputs)):
-                d = interp.get_input_details(i)
-                interp.set_input(np.zeros(d["shape"], dtype=d["dtype"]), i)
-            interp.invoke()
-            interp.print_allocations()
-    except RuntimeError as e:
-        if str(e).startswith(source):
-            raise
-        raise RuntimeError(f"{source}: TFLM failed to run the model: {_one_line(str(e))}") from e
-    except Exception as e:  # the wrapper's own parsing (struct.error, ...) on a subtly broken file
-        raise RuntimeError(f"{source}: TFLM rejected the model ({type(e).__name__}: {e})") from e
-    totals = {k: int(v) for k, v in _TOTAL_RE.findall(cap.text)}
-    if set(totals) != {"total", "head", "tail"}:
-        raise RuntimeError(f"{source}: no allocation summary from TFLM print_allocations(): {cap.text!r}")
-    categories = _CATEGORY_RE.findall(cap.text)
+        text = report["log"]
+        totals = {k: int(v) for k, v in _TOTAL_RE.findall(text)}
+        if set(totals) != {"total", "head", "tail"}:
+            raise RuntimeError(f"{source}: no allocation summary from TFLM print_allocations(): {text!r}")
+        minimum = _find_minimum_arena(prober.fits, totals["head"], totals["total"]) if find_minimum else None
+        if prober.crashes:
+            log.info("%s: TFLM crashed on %d too-small arena(s) in the child process", source, prober.crashes)
+    categories = _CATEGORY_RE.findall(text)
     breakdown = {name: int(used) for name, used, _, _ in categories}
     counts = {name: int(n) for name, _, _, n in categories}
-    minimum = _find_minimum_arena(data, totals["head"], totals["total"]) if find_minimum else None
     result = ArenaMeasurement(totals["total"], totals["head"], totals["tail"], minimum, breakdown, counts)
     log.debug("%s: %s", source, result)
     return result
 
 
-def _find_minimum_arena(data: bytes, low: int, high: int) -> int:
+def _find_minimum_arena(fits_in: Callable[[int], bool], low: int, high: int) -> int:
     """Smallest arena size that allocates, by bisection between the head (fails) and a success."""
-    while _interpreter(data, high)[0] is None:  # the reported total normally works; make sure
+    while not fits_in(high):  # the reported total normally works; make sure
         high += ARENA_ALIGNMENT * 64
     lo, hi = low, high  # invariant: lo fails (an arena no bigger than the head cannot hold the tail)
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _interpreter(data, mid)[0] is not None:
+        if fits_in(mid):
             hi = mid
         else:
             lo = mid
     return hi
+
+
+def _serve(model_path: str, n_inputs: int) -> int:
+    """The :class:`ArenaProber` child's loop: answer ``fits N`` / ``measure N`` lines from stdin."""
+    data = Path(model_path).read_bytes()
+    for line in sys.stdin:
+        request, size = line.split()
+        if request == "fits":
+            answer = {"status": "ok" if interpreter(data, int(size))[0] is not None else "no-fit"}
+        else:
+            answer = _allocation_report(data, n_inputs, int(size))
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+    return 0

@@ -12,8 +12,9 @@ import nas  # noqa: F401  (sets TF_USE_LEGACY_KERAS before anything imports Tens
 from nas import data
 from nas.tf import pipeline
 from nas.errors import UserError
+from tests.shared import SHARED, require
 
-VWW = Path(__file__).resolve().parents[2] / "shared" / "data" / "vww96"
+VWW = SHARED / "data" / "vww96"
 
 
 def _all_y(ds: data.Dataset) -> np.ndarray:
@@ -103,9 +104,8 @@ def test_faces_loads_two_classes() -> None:
 # --- image folders -------------------------------------------------------------------------------------
 
 
-@pytest.mark.skipif(not VWW.is_dir(), reason=f"shared data set not found at {VWW}")
 def test_vww96_folder() -> None:
-    ds = data.load(str(VWW), seed=0)
+    ds = data.load(str(require(VWW)), seed=0)
     _check_dataset(ds)
     assert ds.class_names == ("non_person", "person")
     assert ds.train.x.shape[1:] == (96, 96, 3)

@@ -107,12 +107,31 @@ def test_worker_rebuild_matches_the_builder_for_the_gaze_head(converter_venv, tm
     job = {"spec": spec.to_string(), "weights": str(work / "w.npz"), "representative": str(work / "x.npy"),
            "check_inputs": str(work / "x.npy"), "out_dir": str(work)}
     (work / "job.json").write_text(json.dumps(job))
-    res = subprocess.run([str(imx500.venv_python(converter_venv)), str(imx500.WORKER), str(work / "job.json")],
-                         capture_output=True, text=True, env=imx500._clean_env(converter_venv), timeout=900)
+    with imx500.worker_command(converter_venv, work / "job.json") as (cmd, env):
+        res = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     np.testing.assert_allclose(np.load(work / "float_outputs.npy"), model.predict(x, verbose=0), atol=1e-4)
     assert (work / "model.keras").is_file()
     assert json.loads((work / "worker.json").read_text())["weights_loaded"] == len(weights)
+
+
+def test_worker_gets_our_package_and_the_venvs_tensorflow(converter_venv, tmp_path):
+    """The worker's path holds only our package (a link), so the converter venv's TF 2.15 / numpy 1 are what it
+    imports, also when our package sits in a site-packages full of TF 2.21 (a wheel install)."""
+    probe = ("import nas.topology, numpy, tensorflow; "
+             "print(nas.topology.__file__); print(tensorflow.__version__); print(numpy.__version__)")
+    with imx500.worker_command(converter_venv, tmp_path / "job.json") as (cmd, env):
+        folder = Path(env["PYTHONPATH"])
+        assert [p.name for p in folder.iterdir()] == ["nas"]
+        assert (folder / "nas").resolve() == Path(imx500.__file__).resolve().parent
+        assert cmd[1:3] == ["-m", "nas.imx500_worker"]
+        res = subprocess.run([cmd[0], "-c", probe], capture_output=True, text=True, env=env, cwd=tmp_path,
+                             timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    topology_file, tf_version, np_version = res.stdout.split()
+    assert topology_file == str(folder / "nas" / "topology.py")
+    assert tf_version.startswith("2.15.") and np_version.startswith("1.")
+    assert not folder.exists()  # the link lives only as long as the run
 
 
 # -- without it ----------------------------------------------------------------------------------------
@@ -174,13 +193,14 @@ def test_memory_report_parsing(tmp_path):
                    "input_persistence_bytes": 4992}
 
 
-def test_worker_imports_nothing_of_ours_but_the_spec():
-    """The worker runs under TF 2.15 without tf_keras / tfmot: it may only import nas.spec (and nas.errors)."""
+def test_worker_imports_nothing_of_ours_but_the_spec_and_topology():
+    """The worker runs under TF 2.15 without tf_keras / tfmot: it may only import nas.spec and nas.topology
+    (and nas.errors), all pure Python."""
     code = ("import sys; sys.argv = ['x']; import runpy; "
             "sys.modules['tensorflow'] = None; sys.modules['tf_keras'] = None; "
             "sys.modules['tensorflow_model_optimization'] = None; "
-            f"ns = runpy.run_path({str(imx500.WORKER)!r}, run_name='not_main'); "
+            "ns = runpy.run_module('nas.imx500_worker', run_name='not_main'); "
             "print(sorted(m for m in sys.modules if m == 'nas' or m.startswith('nas.')))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip() == "['nas', 'nas.errors', 'nas.spec']"
+    assert res.stdout.strip() == "['nas', 'nas.errors', 'nas.spec', 'nas.topology']"

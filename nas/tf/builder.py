@@ -6,8 +6,9 @@ squeeze-excite multiply and the gaze output scaling are small layers of our own,
 QuantizeConfig that fake-quantizes only its output. The converter then sees the float pattern
 ``x * relu6(x + 3) / 6`` between two quantize points and emits TFLite's fused ``HARD_SWISH``.
 
-Layer names are a pure function of the block position, so weights saved from one build load into
-another build of the same spec (e.g. in the IMX500 converter's own environment).
+The network itself (blocks, heads, layer names) is :mod:`nas.topology`, shared with the IMX500 converter's
+rebuild (:mod:`nas.imx500_worker`); this module supplies the layers. Layer names are a pure function of the
+block position, so weights saved from one build load into another build of the same spec.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import tensorflow as tf
 import tf_keras as keras
 import tensorflow_model_optimization as tfmot
 
-from nas.spec import ArchSpec, Block, make_divisible
+from nas import topology
+from nas.spec import ArchSpec
 
 _qk = tfmot.quantization.keras
 
@@ -91,93 +93,21 @@ CUSTOM_OBJECTS = {
 _OUTPUT_ONLY = (HardSigmoid, HardSwish, SEMultiply, Scale)
 
 
-def _act(x, act: str, name: str):
-    if act == "relu":
-        return keras.layers.ReLU(name=f"{name}_relu")(x)
-    if act == "relu6":
-        return keras.layers.ReLU(6.0, name=f"{name}_relu6")(x)
-    return HardSwish(name=f"{name}_hswish")(x)
-
-
-def _conv_bn(x, filters: int, kernel: int, stride: int, act: str | None, name: str):
-    x = keras.layers.Conv2D(filters, kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name=f"{name}_bn")(x)
-    return _act(x, act, name) if act else x
-
-
-def _dw_bn(x, kernel: int, stride: int, act: str, name: str):
-    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False, name=f"{name}_dw")(x)
-    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name=f"{name}_dwbn")(x)
-    return _act(x, act, f"{name}_dw")
-
-
-def _squeeze_excite(x, channels: int, ratio: float, name: str):
-    squeeze = make_divisible(channels * ratio)
-    s = keras.layers.GlobalAveragePooling2D(keepdims=True, name=f"{name}_se_pool")(x)
-    s = keras.layers.Conv2D(squeeze, 1, name=f"{name}_se_reduce")(s)
-    s = keras.layers.ReLU(name=f"{name}_se_relu")(s)
-    s = keras.layers.Conv2D(channels, 1, name=f"{name}_se_expand")(s)
-    s = HardSigmoid(name=f"{name}_se_gate")(s)
-    return SEMultiply(name=f"{name}_se_mul")([x, s])
-
-
-def _block(x, spec: ArchSpec, block: Block, in_ch: int, stride: int, name: str):
-    out = spec.channels_of(block)
-    if block.kind == "cn":
-        return _conv_bn(x, out, block.kernel, stride, block.act, name)
-    if block.kind == "ds":
-        x = _dw_bn(x, block.kernel, stride, block.act, name)
-        if block.se:
-            x = _squeeze_excite(x, in_ch, block.se, name)
-        return _conv_bn(x, out, 1, 1, block.act, f"{name}_pw")
-    shortcut = x
-    expanded = make_divisible(in_ch * block.expansion)
-    if expanded != in_ch:
-        x = _conv_bn(x, expanded, 1, 1, block.act, f"{name}_expand")
-    x = _dw_bn(x, block.kernel, stride, block.act, name)
-    if block.se:
-        x = _squeeze_excite(x, expanded, block.se, name)
-    x = _conv_bn(x, out, 1, 1, None, f"{name}_project")
-    if stride == 1 and in_ch == out:
-        x = keras.layers.Add(name=f"{name}_add")([shortcut, x])
-    return x
+#: The topology's layers as tfmot can quantize them (see the module docstring).
+LAYERS = topology.keras_layers(
+    keras,
+    hard_swish=lambda x, name: HardSwish(name=name)(x),
+    hard_sigmoid=lambda x, name: HardSigmoid(name=name)(x),
+    multiply=lambda x, gate, name: SEMultiply(name=name)([x, gate]),
+    dropout=lambda x, rate, name: keras.layers.Dropout(rate, name=name)(x),
+    scale=lambda x, factor, name: Scale(factor, name=name)(x),
+)
 
 
 def build(spec: ArchSpec) -> keras.Model:
-    """The float model for ``spec``. Deterministic given the global seed (``keras.utils.set_random_seed``)."""
-    inputs = keras.Input((spec.resolution, spec.resolution, spec.input_channels), name="input")
-    x = inputs
-    head = spec.head
-    if head.kind == "gaze" and head.grid_channels:
-        # TinyTracker folds the face-grid embedding channels into the image channels with a 1x1 conv.
-        x = keras.layers.Conv2D(spec.channels, 1, name="grid_fuse")(x)
-    in_ch = spec.channels
-    for i, block in enumerate(spec.blocks):
-        for r in range(block.repeats):
-            x = _block(x, spec, block, in_ch, block.stride if r == 0 else 1, f"b{i}_{r}")
-            in_ch = spec.channels_of(block)
-    if head.kind == "classifier":
-        x = keras.layers.GlobalAveragePooling2D(name="head_pool")(x)
-        if head.hidden:
-            x = keras.layers.Dense(head.hidden, name="head_hidden")(x)
-            x = _act(x, head.act, "head_hidden")
-        if head.dropout:
-            x = keras.layers.Dropout(head.dropout, name="head_dropout")(x)
-        x = keras.layers.Dense(head.classes, name="head_logits")(x)
-        outputs = keras.layers.Softmax(name="head_softmax")(x)
-    else:
-        x = keras.layers.Conv2D(head.conv_channels, 1, name="head_conv")(x)
-        x = _act(x, head.act, "head_conv")
-        x = keras.layers.Flatten(name="head_flatten")(x)
-        if head.hidden:
-            x = keras.layers.Dense(head.hidden, name="head_hidden")(x)
-            x = _act(x, head.act, "head_hidden")
-        if head.dropout:
-            x = keras.layers.Dropout(head.dropout, name="head_dropout")(x)
-        x = keras.layers.Dense(2, name="head_gaze")(x)
-        x = keras.layers.Activation("tanh", name="head_tanh")(x)
-        outputs = Scale(head.output_scale, name="head_cm")(x)
-    return keras.Model(inputs, outputs, name="tinynas")
+    """The float model for ``spec`` (:func:`nas.topology.build`). Deterministic given the global seed
+    (``keras.utils.set_random_seed``)."""
+    return topology.build(spec, LAYERS)
 
 
 def quantize(model: keras.Model) -> keras.Model:
