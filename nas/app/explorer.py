@@ -465,7 +465,8 @@ def main() -> None:
     front = view[view["category"] == "front"].sort_values("metric", ascending=not loaded.higher_is_better)
     with st.expander(f"Pareto front: {len(front)} trial(s)", expanded=False):
         st.dataframe(front[["number", "metric", "float_metric", "memory_kb", "flash_kb", "macs_m", "latency_ms",
-                            "energy_mj", "spec"]].rename(columns={"metric": f"INT8 {name}", "float_metric": f"float {name}"}),
+                            "energy_mj", "spec"]].rename(columns={"metric": f"INT8 {name}",
+                                                                  "float_metric": f"float {name}"}),
                      hide_index=True, width="stretch")
     trial_page(loaded, df, view, target, own, target_key, defaults.storage)
     with st.expander(f"All {len(df)} trials"):
