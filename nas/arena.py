@@ -215,7 +215,7 @@ def _schema() -> Any:
     try:
         from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
     except ImportError:  # pragma: no cover - tflite_micro is a hard dependency
-        from tensorflow.lite.python import schema_py_generated as fb  # type: ignore
+        from tensorflow.lite.python import schema_py_generated as fb
     return fb
 
 

@@ -300,11 +300,11 @@ def resolve_target_path(name_or_path: str) -> Path:
             if shipped.is_file():
                 log.debug("target %r resolved to shipped file %s", text, shipped)
                 return shipped
-    shipped = shipped_targets()
+    known = shipped_targets()
     stem = Path(text).name.rsplit(".", 1)[0] if text.endswith((".yaml", ".yml")) else Path(text).name
     raise UserError(text, "", f"an existing constraints file or a shipped target name "
-                              f"({', '.join(shipped) or f'none found in {constraints_dir()}'}); no such file"
-                    + did_you_mean(stem, shipped))
+                              f"({', '.join(known) or f'none found in {constraints_dir()}'}); no such file"
+                    + did_you_mean(stem, known))
 
 
 def _mapping(data: Any, source: str, field: str, allowed: tuple[str, ...]) -> dict:
