@@ -228,8 +228,8 @@ def apptest(run_dir: Path, repeat: int) -> dict[str, Any]:
 SLIDER_VALUE = """(() => { const s = document.querySelector('input[type="range"][aria-label$="end"]');
   return s ? s.value : null; })()"""
 # the upper thumb of the first range slider (peak memory): focused, ArrowLeft moves it down one step
-SLIDER_PROBE = """(() => { const s = document.querySelector('input[type="range"][aria-label$="end"]'); if (!s) return false;
-  s.focus(); return document.activeElement === s; })()"""
+SLIDER_PROBE = """(() => { const s = document.querySelector('input[type="range"][aria-label$="end"]');
+  if (!s) return false; s.focus(); return document.activeElement === s; })()"""
 
 
 def browser(run_dir: Path, repeat: int) -> dict[str, Any]:
@@ -285,7 +285,8 @@ ROWS = [
     ("app_filter_redraw_s", "**app, redraw after moving the memory slider**"),
     ("app_colour_redraw_s", "**app, redraw after changing colour-by**"),
     ("app_target_switch_s", "**app, redraw after switching the constraint file** (table rebuilt)"),
-    ("browser_first_page_s", "**browser: open the page on a fresh server** until the 4 charts are drawn (read included)"),
+    ("browser_first_page_s",
+     "**browser: open the page on a fresh server** until the 4 charts are drawn (read included)"),
     ("browser_second_page_s", "**browser: open a second page** (cached read) until the charts are drawn"),
     ("browser_filter_redraw_s", "**browser: move the memory slider one step** until the charts are redrawn"),
 ]
@@ -316,8 +317,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     import common
 
-    out = {"benchmark": "app_load", "commit": common.commit(), "generated_trials": True, "trials": gen["trials"], "trained": gen["trained"],
-           "rejected": gen["rejected"], "failed": gen["failed"], "generate_s": gen["generate_s"], "repeat": args.repeat,
+    out = {"benchmark": "app_load", "commit": common.commit(), "generated_trials": True, "trials": gen["trials"],
+           "trained": gen["trained"], "rejected": gen["rejected"], "failed": gen["failed"],
+           "generate_s": gen["generate_s"], "repeat": args.repeat,
            "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
                        "python": platform.python_version(),
                        "load_average_1min": [round(load_before, 2), round(load_after, 2)]},

@@ -2,7 +2,8 @@
 
 The search trusts :func:`nas.profile.estimate` to reject candidates before any training, so its figures must
 match the truth: the INT8 model a trained candidate converts to. For seeded random specs, this benchmark builds
-and converts each one with trained-like parameters (:func:`nas.profile.untrained_int8`, which randomises biases and batch-norm statistics) and compares, per spec:
+and converts each one with trained-like parameters (:func:`nas.profile.untrained_int8`, which randomises biases
+and batch-norm statistics) and compares, per spec:
 
 * peak SRAM (planned activations + modelled TFLM runtime) vs the arena the TFLM host interpreter allocates;
 * flash (modelled ``.tflite`` size) vs the size of the converted file;
@@ -12,10 +13,11 @@ and converts each one with trained-like parameters (:func:`nas.profile.untrained
 
 It reports the relative error distribution (median, 95th percentile, max) per quantity and how often the
 verdict on paper (:func:`nas.profile.paper_verdict`: fits, exceeds, or borderline within the cost model's
-margin, where the search measures the untrained candidate's INT8 model before training) is wrong, for the SRAM and flash limits of
-``nas/constraints/mcu_vww.yaml`` and the on-chip limit of ``nas/constraints/imx500.yaml``. Goal: every error under
-5%, no wrong verdict. A verdict check only means something near the limit, so half of the specs are chosen
-with an estimated peak SRAM within 10% of the 250 KB limit; the other half spread over heads and resolutions.
+margin, where the search measures the untrained candidate's INT8 model before training) is wrong, for the SRAM
+and flash limits of ``nas/constraints/mcu_vww.yaml`` and the on-chip limit of ``nas/constraints/imx500.yaml``.
+Goal: every error under 5%, no wrong verdict. A verdict check only means something near the limit, so half of
+the specs are chosen with an estimated peak SRAM within 10% of the 250 KB limit; the other half spread over heads
+and resolutions.
 
 Specs come from the shipped search spaces (``mobilenetv3``, ``tinytracker``) and from
 ``tests.random_specs.random_spec``, which covers what the spaces do not (every block kind, kernel 7,
@@ -299,7 +301,8 @@ def markdown(result: dict[str, Any]) -> str:
         e = s["errors"][q]
         lines.append(f"| {e['what']} | {_pct(e['median'])} | {_pct(e['p95'])} | {_pct(e['max'])} | "
                      f"{'yes' if e['goal_met'] else 'NO'} |")
-    lines += ["", "| verdict | limit | specs within 10% of it | borderline on paper (measured before training: over the limit) "
+    lines += ["", "| verdict | limit | specs within 10% of it "
+                  "| borderline on paper (measured before training: over the limit) "
                   "| wrong (false fit / false reject) |",
               "|---|---|---|---|---|"]
     for name, v in s["verdicts"].items():

@@ -92,7 +92,8 @@ def train_final(job: dict[str, Any]) -> dict[str, Any]:
         t1 = time.perf_counter()
         h = convert.evaluate_file(str(Path(job["out_dir"]) / results.MODEL_FILE), job["holdout"], split="all",
                                   seed=job["seed"])
-        holdout = {"int8_accuracy": h["int8_metric"], "samples": h["samples"], "seconds": round(time.perf_counter() - t1, 2)}
+        holdout = {"int8_accuracy": h["int8_metric"], "samples": h["samples"],
+                   "seconds": round(time.perf_counter() - t1, 2)}
     hist = metrics.get("history", {})
     return {
         "name": job["name"], "role": job["role"], "seed": job["seed"], "spec": metrics["spec"],
@@ -110,7 +111,8 @@ def train_final(job: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_search(args: argparse.Namespace, root: Path, space: str, dataset: str, train_limit: int | None) -> dict[str, Any]:
+def run_search(args: argparse.Namespace, root: Path, space: str, dataset: str,
+               train_limit: int | None) -> dict[str, Any]:
     req = search.SearchRequest(constraints=common.CONSTRAINTS, space=space, dataset=dataset, trials=args.search_trials,
                                epochs=args.search_epochs, train_limit=train_limit, sampler="tpe", workers=1,
                                seed=args.seed, run_dir=str(root / "search"), command=("bench/vww.py",))
@@ -178,8 +180,9 @@ def markdown(out: dict[str, Any]) -> str:
     lines.append(f"Search: TPE over `{srch['space']}` under `{s['constraints']}`, {srch['trials_budget']} trained "
                  f"candidates at {srch['epochs']} QAT epoch(s) each, split seed {s['search_seed']} "
                  f"({srch['summary']['feasible']} feasible, {srch['summary']['rejected']} rejected on paper, "
-                 f"{srch['wall_s']:.0f} s); picked trial {srch['best']['number']}, the best feasible INT8 test accuracy "
-                 f"in the search ({srch['best']['int8_accuracy']:.3f}; ties broken by the smaller measured arena).")
+                 f"{srch['wall_s']:.0f} s); picked trial {srch['best']['number']}, the best feasible INT8 test "
+                 f"accuracy in the search ({srch['best']['int8_accuracy']:.3f}; ties broken by the smaller "
+                 f"measured arena).")
     lines.append("")
     lines.append(f"Final recipe, identical for the three models: INT8 QAT from scratch (no float warm-up, no "
                  f"pre-training), at most {r['epochs']} epochs, early stopping on validation accuracy with patience "
@@ -200,7 +203,8 @@ def markdown(out: dict[str, Any]) -> str:
             f"{m['macs'] / 1e6:.2f} M", f"{m['latency_ms']:.1f} ms", f"{m['energy_mj']:.3f} mJ",
             "yes" if m["fits"] else "no: " + ", ".join(
                 f"{k.replace('_bytes', '')} {lim[k]['value'] / 1024:,.1f} KB > {lim[k]['limit'] / 1024:,.0f} KB"
-                if k.endswith("bytes") else f"{k} {lim[k]['value']:,.0f} > {lim[k]['limit']:,.0f}" for k in m["broken"]),
+                if k.endswith("bytes") else f"{k} {lim[k]['value']:,.0f} > {lim[k]['limit']:,.0f}"
+                for k in m["broken"]),
             "/".join(str(e) for e in m["epochs_run"])])
     lines.append(common.table(
         ["model", f"INT8 acc, test split (n={s['split']['test']})",
@@ -233,7 +237,8 @@ def plot(out: dict[str, Any], path: Path) -> bool:
         mean = sum(hold) / len(hold)
         ax2.errorbar(m["tflm_arena_bytes"] / 1024, mean, yerr=[[mean - min(hold)], [max(hold) - mean]], fmt="o",
                      ms=5 + m["tflite_bytes"] / 40000, color=colors[m["name"]], capsize=3,
-                     label=f"{m['name']}: {m['tflite_bytes'] / 1024:.0f} KB flash, {'fits' if m['fits'] else 'does not fit'}")
+                     label=f"{m['name']}: {m['tflite_bytes'] / 1024:.0f} KB flash, "
+                           f"{'fits' if m['fits'] else 'does not fit'}")
     ax1.axhline(0.5, color="grey", lw=0.8, ls=":")
     ax1.set_xlabel("epoch")
     ax1.set_ylabel("validation accuracy (QAT model)")

@@ -108,11 +108,11 @@ def plan_offsets(buffers: Sequence[Buffer]) -> list[int]:
     placed.append(first)
     for bid in order[1:]:
         want = sizes[bid]
-        f, l = buffers[bid].first_use, buffers[bid].last_use
+        first_use, last_use = buffers[bid].first_use, buffers[bid].last_use
         candidate = 0
         for pid in placed:
             p = buffers[pid]
-            if p.first_use > l or f > p.last_use:
+            if p.first_use > last_use or first_use > p.last_use:
                 continue  # not alive at the same time
             if offsets[pid] - candidate >= want:
                 break  # the gap before this overlapping buffer is big enough
@@ -215,7 +215,7 @@ def _schema() -> Any:
     try:
         from tflite_micro.tensorflow.lite.micro.python import schema_py_generated as fb
     except ImportError:  # pragma: no cover - tflite_micro is a hard dependency
-        from tensorflow.lite.python import schema_py_generated as fb  # type: ignore
+        from tensorflow.lite.python import schema_py_generated as fb
     return fb
 
 
@@ -304,13 +304,16 @@ def _called_subgraphs(fb: Any, op: Any, kind: str) -> tuple[int, ...]:
     if table is None:
         return ()
     if kind == "IF":
-        o = fb.IfOptions(); o.Init(table.Bytes, table.Pos)
+        o = fb.IfOptions()
+        o.Init(table.Bytes, table.Pos)
         return (o.ThenSubgraphIndex(), o.ElseSubgraphIndex())
     if kind == "WHILE":
-        o = fb.WhileOptions(); o.Init(table.Bytes, table.Pos)
+        o = fb.WhileOptions()
+        o.Init(table.Bytes, table.Pos)
         return (o.CondSubgraphIndex(), o.BodySubgraphIndex())
     if kind == "CALL_ONCE":
-        o = fb.CallOnceOptions(); o.Init(table.Bytes, table.Pos)
+        o = fb.CallOnceOptions()
+        o.Init(table.Bytes, table.Pos)
         return (o.InitSubgraphIndex(),)
     return ()
 
@@ -445,8 +448,8 @@ def buffers_from_graph(graph: GraphInfo) -> list[Buffer]:
                                   name=f"t{t.index}" if s == 0 else f"sg{s}/t{t.index}"))
     # Requests are numbered in Prepare order (subgraph by subgraph, op by op), not planning order.
     scratch.sort(key=lambda r: (r[0], r[1]))
-    for k, (_, _, nbytes, f, l) in enumerate(scratch):
-        buffers.append(Buffer(nbytes, f, l, total + k, name=f"scratch{k}"))
+    for k, (_, _, nbytes, first_use, last_use) in enumerate(scratch):
+        buffers.append(Buffer(nbytes, first_use, last_use, total + k, name=f"scratch{k}"))
     return buffers
 
 

@@ -490,7 +490,7 @@ def _read_images(root: Path, paths: Sequence[Path], class_dirs: Sequence[Path] =
             with Image.open(p) as im:
                 im.load()
                 arr = _to_float(im, gray)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable file"
             log.debug("cannot decode %s: %s", p, e)
             bad.append(str(p))
             continue
@@ -540,7 +540,8 @@ def _resize_one(arr: np.ndarray, h: int, w: int) -> np.ndarray:
     """Bilinear resize of one float image ``(H, W, C)`` with PIL (per channel, float mode)."""
     from PIL import Image
 
-    chans = [np.asarray(Image.fromarray(arr[..., c]).resize((w, h), Image.Resampling.BILINEAR)) for c in range(arr.shape[-1])]
+    chans = [np.asarray(Image.fromarray(arr[..., c]).resize((w, h), Image.Resampling.BILINEAR))
+             for c in range(arr.shape[-1])]
     return np.clip(np.stack(chans, axis=-1), 0.0, 1.0).astype(np.float32)
 
 
@@ -641,7 +642,8 @@ def _read_gazecapture(root: Path, paths: list[Path], face: np.ndarray, grid: np.
             bad.append(str(p))
             continue
         crop = _crop_padded(frame, *(int(round(v)) for v in face[i]))
-        out[i, ..., :3] = np.asarray(Image.fromarray(crop).resize((s, s), Image.Resampling.BILINEAR), np.float32) / 255.0
+        resized = Image.fromarray(crop).resize((s, s), Image.Resampling.BILINEAR)
+        out[i, ..., :3] = np.asarray(resized, np.float32) / 255.0
         out[i, ..., 3:] = face_grid_embedding(grid[i:i + 1], s)[0]
         kept.append(i)
     rel = sorted(os.path.relpath(b, root) for b in bad)

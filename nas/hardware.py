@@ -79,7 +79,8 @@ SIZE_UNITS = {
 MAC_UNITS = {"": 1, "k": 10 ** 3, "m": 10 ** 6, "g": 10 ** 9}
 HZ_UNITS = {"": 1, "hz": 1, "khz": 10 ** 3, "mhz": 10 ** 6, "ghz": 10 ** 9}
 
-SIZE_FORM = "a positive size in bytes: a plain integer or a number with KB/MB/GB or KiB/MiB/GiB (1 KB = 1024 B), e.g. '250 KB'"
+SIZE_FORM = ("a positive size in bytes: a plain integer or a number with KB/MB/GB or KiB/MiB/GiB (1 KB = 1024 B), "
+             "e.g. '250 KB'")
 MACS_FORM = "a positive MAC count: a plain integer or a number with k/M/G (decimal, M = 1e6), e.g. '60M' or '60e6'"
 
 _NUMBER_WITH_UNIT = re.compile(r"^([0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)\s*([A-Za-z]*)$")
@@ -299,11 +300,11 @@ def resolve_target_path(name_or_path: str) -> Path:
             if shipped.is_file():
                 log.debug("target %r resolved to shipped file %s", text, shipped)
                 return shipped
-    shipped = shipped_targets()
+    known = shipped_targets()
     stem = Path(text).name.rsplit(".", 1)[0] if text.endswith((".yaml", ".yml")) else Path(text).name
     raise UserError(text, "", f"an existing constraints file or a shipped target name "
-                              f"({', '.join(shipped) or f'none found in {constraints_dir()}'}); no such file"
-                    + did_you_mean(stem, shipped))
+                              f"({', '.join(known) or f'none found in {constraints_dir()}'}); no such file"
+                    + did_you_mean(stem, known))
 
 
 def _mapping(data: Any, source: str, field: str, allowed: tuple[str, ...]) -> dict:
@@ -342,8 +343,8 @@ def target_from_dict(data: Any, source: str) -> Target:
             raise UserError(source, f"limits.{key}", f"not a limit for runtime '{runtime}': use {other}")
     memory = RUNTIME_MEMORY[runtime]
     if limits.get(memory) is None:
-        raise UserError(source, f"limits.{memory}", f"a required limit for runtime '{runtime}' "
-                        f"({'peak SRAM / tensor arena' if runtime == 'tflm' else 'on-chip memory for weights + activations'}); it is missing")
+        what = "peak SRAM / tensor arena" if runtime == "tflm" else "on-chip memory for weights + activations"
+        raise UserError(source, f"limits.{memory}", f"a required limit for runtime '{runtime}' ({what}); it is missing")
 
     def size(key: str) -> Optional[int]:
         value = limits.get(key)

@@ -375,7 +375,8 @@ def format_report(rep: dict[str, Any], prof: Profile) -> str:
         f"spec        {rep['spec']}",
         f"MACs        {rep['macs']:,}",
         f"params      {rep['params']:,}",
-        f"flash       {_human(rep['flash_bytes'], 'bytes')} (estimated .tflite; weights {_human(rep['weight_bytes'], 'bytes')})",
+        f"flash       {_human(rep['flash_bytes'], 'bytes')} "
+        f"(estimated .tflite; weights {_human(rep['weight_bytes'], 'bytes')})",
         f"peak SRAM   {_human(rep['peak_sram_bytes'], 'bytes')} (activations {_human(rep['activation_bytes'], 'bytes')}"
         f" + TFLM runtime {_human(rep['runtime_overhead_bytes'], 'bytes')})",
         f"peak layer  #{peak['index']} {peak['name']} ({peak['op']}, out {'x'.join(map(str, peak['shape']))}):"

@@ -25,7 +25,7 @@ import os
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
@@ -228,7 +228,7 @@ def enumerate_points(space: Space, limit: int | None = None) -> list[dict[str, A
     """Every parameter combination (or the first ``limit``), in a fixed order: for small test spaces."""
     params = space.parameters()
     names = list(params)
-    combos = itertools.product(*(params[n] for n in names))
+    combos: Iterable[tuple[Any, ...]] = itertools.product(*(params[n] for n in names))
     if limit is not None:
         combos = itertools.islice(combos, limit)
     return [dict(zip(names, c)) for c in combos]

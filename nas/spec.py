@@ -77,9 +77,11 @@ class Block:
     def __post_init__(self) -> None:
         src = "block"
         if self.kind not in BLOCK_KINDS:
-            raise UserError(src, "kind", f"one of {BLOCK_KINDS}, got '{self.kind}'" + did_you_mean(self.kind, BLOCK_KINDS))
+            raise UserError(src, "kind",
+                            f"one of {BLOCK_KINDS}, got '{self.kind}'" + did_you_mean(self.kind, BLOCK_KINDS))
         if self.act not in ACT_TOKENS:
-            raise UserError(src, "act", f"one of {sorted(ACT_TOKENS)}, got '{self.act}'" + did_you_mean(self.act, ACT_TOKENS))
+            raise UserError(src, "act",
+                            f"one of {sorted(ACT_TOKENS)}, got '{self.act}'" + did_you_mean(self.act, ACT_TOKENS))
         if self.kernel not in KERNELS:
             raise UserError(src, "kernel", f"one of {KERNELS}, got {self.kernel}")
         if self.stride not in (1, 2):
@@ -122,7 +124,8 @@ class Head:
     def __post_init__(self) -> None:
         src = "head"
         if self.kind not in HEAD_KINDS:
-            raise UserError(src, "kind", f"one of {HEAD_KINDS}, got '{self.kind}'" + did_you_mean(self.kind, HEAD_KINDS))
+            raise UserError(src, "kind",
+                            f"one of {HEAD_KINDS}, got '{self.kind}'" + did_you_mean(self.kind, HEAD_KINDS))
         if self.act not in ACT_TOKENS:
             raise UserError(src, "act", f"one of {sorted(ACT_TOKENS)}, got '{self.act}'")
         if self.kind == "classifier" and self.classes < 2:
@@ -157,7 +160,8 @@ class ArchSpec:
 
     def __post_init__(self) -> None:
         if self.resolution < 8 or self.channels not in (1, 3):
-            raise UserError("spec", "input", f"resolution >= 8 and 1 or 3 channels, got {self.resolution}x{self.channels}")
+            raise UserError("spec", "input",
+                            f"resolution >= 8 and 1 or 3 channels, got {self.resolution}x{self.channels}")
         if not 0.05 <= self.width <= 4.0:
             raise UserError("spec", "width", f"a multiplier in [0.05, 4], got {self.width}")
         if not self.blocks:
@@ -216,7 +220,8 @@ class ArchSpec:
         except UserError as e:
             raise UserError(source, e.field, e.expected) from None
         except (KeyError, TypeError, ValueError) as e:
-            raise UserError(source, "", f"an ArchSpec mapping with resolution, channels, width, blocks, head ({e})") from None
+            raise UserError(source, "",
+                            f"an ArchSpec mapping with resolution, channels, width, blocks, head ({e})") from None
 
     @classmethod
     def from_json(cls, text: str, source: str = "spec") -> "ArchSpec":
@@ -272,7 +277,8 @@ def parse_spec_string(text: str, source: str = "spec string") -> ArchSpec:
     for seg in segments[2:-1]:
         kind, opts = _tokens(seg, source)
         if kind not in BLOCK_KINDS:
-            raise UserError(source, seg, f"a block kind in {BLOCK_KINDS}, got '{kind}'" + did_you_mean(kind, BLOCK_KINDS))
+            raise UserError(source, seg,
+                            f"a block kind in {BLOCK_KINDS}, got '{kind}'" + did_you_mean(kind, BLOCK_KINDS))
         kw = dict(source=source, segment=seg)
         try:
             block = Block(kind=kind, out_channels=_take(opts, "c", int, **kw),

@@ -261,7 +261,8 @@ def test_auto_refresh_shows_new_trials(small_run: Path, tmp_path: Path, monkeypa
     no_problems(live)
     assert metric_value(live, "failed") == "0"
     study = results.open_run(run).study()
-    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={"status": "failed", "reason": "RuntimeError: test"}))
+    study.add_trial(create_trial(state=TrialState.FAIL,
+                                 user_attrs={"status": "failed", "reason": "RuntimeError: test"}))
     time.sleep(0.6)
     live.run()
     still.run()

@@ -64,7 +64,8 @@ def test_replace_overrides_resolution_width_and_classes():
     ("in96x3-w0.35-ir_r1_k4_s2_c16_hs-cls_n2_d0_re", "kernel"),
     ("in96x3-w0.35-ir_r1_k3_s2_c16_sw-cls_n2_d0_re", "'sw'"),
     ("in96x3-w0.35-ir_r1_k3_s2_c16_hs-head_n2", "head"),
-    ("in90x3-w0.35-cn_k3_s2_c16_re-ir_k3_s2_c16_re-ir_k3_s2_c24_re-cls_n2_d0_re", "multiple of the network's total stride 8"),
+    ("in90x3-w0.35-cn_k3_s2_c16_re-ir_k3_s2_c16_re-ir_k3_s2_c24_re-cls_n2_d0_re",
+     "multiple of the network's total stride 8"),
     ("in96x3-w9-cn_k3_s2_c16_re-cls_n2_d0_re", "width"),
     ("in96x3-cn_k3_s2_c16_re-cls_n2_d0_re", ""),
 ])

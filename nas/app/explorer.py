@@ -93,7 +93,8 @@ def chart(kind: str, source: str, study: str | None, storage: str | None, token:
     """
     loaded = load(source, study, storage, token)
     df = table(source, study, storage, token, target_key, target_stamp)
-    target = core.load_target(target_key or loaded.target_path) if (target_key or loaded.target_path) else None
+    target_path = target_key or loaded.target_path
+    target = core.load_target(target_path) if target_path else None
     limits = core.limit_lines(target)
     keep = core.filter_mask(df, dict(ranges))
     view = core.with_front(df, keep, loaded.higher_is_better)
@@ -157,7 +158,7 @@ def sidebar_target(loaded: core.Loaded) -> tuple[str | None, Any, bool]:
     options = [OWN, *shipped, CUSTOM]
     own_label = (f"run's own: {loaded.target_name}" if loaded.target_path else "none (the run's file is not here)")
     labels = {OWN: own_label, CUSTOM: "another file…", **{k: f"{k}.yaml" for k in shipped}}
-    choice = st.selectbox("Constraint file", options, key="target_choice", format_func=labels.get,
+    choice = st.selectbox("Constraint file", options, key="target_choice", format_func=lambda k: str(labels.get(k)),
                           help="Re-checks every trial against another target from its stored figures (measured "
                                "memory and .tflite size, MACs; latency and energy from that target's model). "
                                "Nothing is retrained.")
@@ -282,7 +283,8 @@ def trial_page(loaded: core.Loaded, df: pd.DataFrame, view: pd.DataFrame, target
     labels = trial_labels(df, view, loaded.metric_name)
     st.subheader("Trial")
     st.caption("Click a point in a 2-D chart to open its trial here, or pick one:")
-    n = st.selectbox("Trial", options, key="trial_pick", format_func=labels.get, label_visibility="collapsed")
+    n = st.selectbox("Trial", options, key="trial_pick", format_func=lambda k: str(labels.get(k)),
+                     label_visibility="collapsed")
     rec = loaded.record(n)
     row = rows.loc[n]
     if rec is None:
@@ -290,8 +292,9 @@ def trial_page(loaded: core.Loaded, df: pd.DataFrame, view: pd.DataFrame, target
     name = loaded.metric_name
     c = st.columns(6)
     if rec.status == "trained":
-        delta = None if rec.float_metric is None else f"{rec.int8_metric - rec.float_metric:+.4f} vs float"
-        c[0].metric(f"INT8 {name}", f"{rec.int8_metric:.4f}", delta=delta, delta_color="off")
+        int8 = rec.int8_metric
+        delta = None if rec.float_metric is None or int8 is None else f"{int8 - rec.float_metric:+.4f} vs float"
+        c[0].metric(f"INT8 {name}", "-" if int8 is None else f"{int8:.4f}", delta=delta, delta_color="off")
         c[1].metric(f"float {name}", "-" if rec.float_metric is None else f"{rec.float_metric:.4f}")
         est = rec.estimated_memory_bytes
         c[2].metric("peak memory (measured)", _kb(row["memory_kb"] * 1024),
@@ -431,7 +434,7 @@ def main() -> None:
         st.markdown("**Show**")
         show_bad = st.toggle("infeasible, rejected and failed trials", value=True, key="show_bad")
         colours = core.colour_options(df)
-        colour = st.selectbox("Colour by", list(colours), format_func=colours.get, key="colour")
+        colour = st.selectbox("Colour by", list(colours), format_func=lambda k: str(colours.get(k)), key="colour")
         log_axes = st.checkbox("log scale for memory and energy", key="log_axes")
         st.markdown("**Filters** (the front is recomputed on what is left)")
         ranges = sidebar_filters(df, limits, loaded.metric_name)
@@ -442,7 +445,7 @@ def main() -> None:
     name = loaded.metric_name
     key = (ss["source"], ss.get("study"), defaults.storage, ss["token"], target_key, stamp,
            tuple(sorted(ranges.items())), colour, bool(show_bad), bool(log_axes))
-    select = dict(on_select="rerun", selection_mode=("points", "box", "lasso"), width="stretch")
+    select: dict[str, Any] = dict(on_select="rerun", selection_mode=("points", "box", "lasso"), width="stretch")
     top = st.columns(2)
     with top[0]:
         st.plotly_chart(chart("3d", *key), key="chart_3d", width="stretch")
@@ -465,7 +468,8 @@ def main() -> None:
     front = view[view["category"] == "front"].sort_values("metric", ascending=not loaded.higher_is_better)
     with st.expander(f"Pareto front: {len(front)} trial(s)", expanded=False):
         st.dataframe(front[["number", "metric", "float_metric", "memory_kb", "flash_kb", "macs_m", "latency_ms",
-                            "energy_mj", "spec"]].rename(columns={"metric": f"INT8 {name}", "float_metric": f"float {name}"}),
+                            "energy_mj", "spec"]].rename(columns={"metric": f"INT8 {name}",
+                                                                  "float_metric": f"float {name}"}),
                      hide_index=True, width="stretch")
     trial_page(loaded, df, view, target, own, target_key, defaults.storage)
     with st.expander(f"All {len(df)} trials"):

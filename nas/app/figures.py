@@ -290,12 +290,12 @@ def spec_stack(spec: Any, height: int | None = None) -> go.Figure:
 def layer_memory(prof: Any, limit_kb: float | None = None) -> go.Figure:
     """Activation memory alive at each op (KB), the peak op marked, and the planned TFLM arena head."""
     layers = prof.layers
-    kb = np.array([l.live_bytes for l in layers], dtype=float) / 1024.0
+    kb = np.array([layer.live_bytes for layer in layers], dtype=float) / 1024.0
     colours = ["#90a4ae"] * len(layers)
     colours[prof.peak_layer] = STATUS_COLOURS["front"]
-    text = [f"#{l.index} {l.name} ({l.kind}) out {'×'.join(map(str, l.shape))}<br>{l.live_bytes / 1024:,.1f} KB live"
-            f" · {l.macs:,} MACs" for l in layers]
-    fig = go.Figure(go.Bar(x=[l.index for l in layers], y=kb, marker_color=colours, text=text,
+    text = [f"#{layer.index} {layer.name} ({layer.kind}) out {'×'.join(map(str, layer.shape))}"
+            f"<br>{layer.live_bytes / 1024:,.1f} KB live · {layer.macs:,} MACs" for layer in layers]
+    fig = go.Figure(go.Bar(x=[layer.index for layer in layers], y=kb, marker_color=colours, text=text,
                            hovertemplate="%{text}<extra></extra>", textposition="none", name="live activations"))
     peak = layers[prof.peak_layer]
     fig.add_annotation(x=peak.index, y=kb[prof.peak_layer], text=f"peak: {peak.name} ({peak.kind}) "

@@ -195,9 +195,10 @@ class DevTools:
     navigate, wait in real time, evaluate JavaScript, move and click the mouse, take screenshots."""
 
     def __init__(self, chromium: str | None = None, size: tuple[int, int] = (1600, 1900)) -> None:
-        self.chromium = chromium or find_chromium()
-        if not self.chromium:
+        found = chromium or find_chromium()
+        if not found:
             raise RuntimeError("no Chromium found (apt-get install chromium, or set $TINYNAS_CHROMIUM)")
+        self.chromium: str = found
         self.size = size
         self._ids = iter(range(1, 1 << 30))
 

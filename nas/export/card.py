@@ -113,7 +113,8 @@ def model_card(meta: dict[str, Any], spec: ArchSpec) -> str:
                       f"{rep.get('reserved_bytes'):,} B |",
                       "| our estimate before training (weights + planned activations) | "
                       f"{bytes_and_kb(cmp_['estimated_onchip_bytes'])} |",
-                      f"| our model on the converted .tflite graph | {bytes_and_kb(cmp_['measured_model_bytes'])} |", "",
+                      f"| our model on the converted .tflite graph | {bytes_and_kb(cmp_['measured_model_bytes'])} |",
+                      "",
                       "The IMX500 part is quantized by Sony's MCT (post-training, on the training split) from the same "
                       "float weights, so its outputs differ slightly from `model_int8.tflite`.", ""]
         else:

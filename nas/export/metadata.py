@@ -132,6 +132,7 @@ def bundle_metadata(trial: Trial, name: str, *, target: Any, run_info: dict[str,
         "training": {"budget": metrics.get("budget"), "epochs_run": metrics.get("epochs_run"),
                      "seed": metrics.get("seed"), "seconds": metrics.get("seconds")},
         "seed": metrics.get("seed"),
-        "versions": {"export": package_versions(), **({"run": run_info["versions"]} if run_info.get("versions") else {})},
+        "versions": {"export": package_versions(),
+                     **({"run": run_info["versions"]} if run_info.get("versions") else {})},
         "export_timings": {k: round(v, 3) for k, v in timings.items()},
     }
