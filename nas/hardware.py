@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import yaml
 
-from nas import yamlio
+from nas import shipped, yamlio
 from nas.errors import UserError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -267,44 +265,18 @@ class Target:
 
 
 def constraints_dir() -> Path:
-    """Where shipped targets live: ``$TINYNAS_CONSTRAINTS_DIR`` if set, else the package's ``nas/constraints/``.
-
-    Found through the installed package, not the source checkout, so a wheel install finds them too."""
-    override = os.environ.get(ENV_CONSTRAINTS_DIR)
-    if override:
-        return Path(override).expanduser()
-    return Path(str(resources.files("nas") / "constraints"))
+    """Where shipped targets live: ``$TINYNAS_CONSTRAINTS_DIR`` if set, else the package's ``nas/constraints/``."""
+    return shipped.folder("constraints", ENV_CONSTRAINTS_DIR)
 
 
 def shipped_targets() -> list[str]:
     """Names of the shipped targets (file stems), sorted."""
-    folder = constraints_dir()
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    return shipped.names(constraints_dir())
 
 
 def resolve_target_path(name_or_path: str) -> Path:
     """An existing file for ``name_or_path``: the path itself, else a shipped target by bare name."""
-    text = str(name_or_path).strip()
-    candidate = Path(text).expanduser()
-    if candidate.is_file():
-        return candidate
-    if candidate.exists():
-        raise UserError(text, "", "a constraints YAML file, got a directory")
-    if text and "/" not in text and os.sep not in text:
-        folder = constraints_dir()
-        names = [text] if text.endswith((".yaml", ".yml")) else [text + ".yaml", text + ".yml"]
-        for name in names:
-            shipped = folder / name
-            if shipped.is_file():
-                log.debug("target %r resolved to shipped file %s", text, shipped)
-                return shipped
-    known = shipped_targets()
-    stem = Path(text).name.rsplit(".", 1)[0] if text.endswith((".yaml", ".yml")) else Path(text).name
-    raise UserError(text, "", f"an existing constraints file or a shipped target name "
-                              f"({', '.join(known) or f'none found in {constraints_dir()}'}); no such file"
-                    + did_you_mean(stem, known))
+    return shipped.resolve(name_or_path, constraints_dir(), "constraints")
 
 
 def _mapping(data: Any, source: str, field: str, allowed: tuple[str, ...]) -> dict:

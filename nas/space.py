@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import yaml
 
-from nas import yamlio
+from nas import shipped, yamlio
 from nas.errors import UserError, did_you_mean
 from nas.spec import ACT_TOKENS, ACTIVATIONS, BLOCK_KINDS, KERNELS, ArchSpec, Block, Head
 
@@ -238,40 +236,18 @@ def enumerate_points(space: Space, limit: int | None = None) -> list[dict[str, A
 
 
 def spaces_dir() -> Path:
-    """Where shipped spaces live: ``$TINYNAS_SPACES_DIR`` if set, else the package's ``nas/search_spaces/``.
-
-    Found through the installed package, not the source checkout, so a wheel install finds them too."""
-    override = os.environ.get(ENV_SPACES_DIR)
-    if override:
-        return Path(override).expanduser()
-    return Path(str(resources.files("nas") / "search_spaces"))
+    """Where shipped spaces live: ``$TINYNAS_SPACES_DIR`` if set, else the package's ``nas/search_spaces/``."""
+    return shipped.folder("search_spaces", ENV_SPACES_DIR)
 
 
 def shipped_spaces() -> list[str]:
-    folder = spaces_dir()
-    if not folder.is_dir():
-        return []
-    return sorted(p.stem for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    """Names of the shipped search spaces (file stems), sorted."""
+    return shipped.names(spaces_dir())
 
 
 def resolve_space_path(name_or_path: str) -> Path:
     """An existing file for ``name_or_path``: the path itself, else a shipped space by bare name."""
-    text = str(name_or_path).strip()
-    path = Path(text).expanduser()
-    if path.is_file():
-        return path
-    if path.exists():
-        raise UserError(text, "", "a search-space YAML file, got a directory")
-    if text and "/" not in text and os.sep not in text:
-        names = [text] if text.endswith((".yaml", ".yml")) else [text + ".yaml", text + ".yml"]
-        for name in names:
-            if (spaces_dir() / name).is_file():
-                return spaces_dir() / name
-    shipped = shipped_spaces()
-    stem = Path(text).name.rsplit(".", 1)[0] if text.endswith((".yaml", ".yml")) else Path(text).name
-    raise UserError(text, "", f"an existing search-space file or a shipped space name "
-                              f"({', '.join(shipped) or f'none found in {spaces_dir()}'}); no such file"
-                    + did_you_mean(stem, shipped))
+    return shipped.resolve(name_or_path, spaces_dir(), "search-space")
 
 
 def default_space_for(task: str) -> str:
