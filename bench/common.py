@@ -2,28 +2,22 @@
 
 * where things are: the repository, the shared VWW data and its holdout (read in place, never copied);
 * what every result file records: commit, machine, load average at start and end, wall time;
-* the normalised hypervolume of a feasible Pareto front (exact, 3 objectives, all minimised);
-* a throw-away local PostgreSQL server, started exactly as ``tests/test_search.py`` starts one;
 * a small Markdown table writer.
 """
 from __future__ import annotations
 
-import glob
 import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -32,9 +26,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared"
 VWW96 = SHARED / "data" / "vww96"
 HOLDOUT_VWW96 = SHARED / "holdout" / "vww96"
 CONSTRAINTS = "mcu_vww.yaml"
-
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 # ------------------------------------------------------------------------------------------ run records
@@ -142,117 +133,6 @@ def scratch(keep: Path | None, prefix: str) -> Iterator[Path]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-# ------------------------------------------------------------------------------------------ hypervolume
-
-
-def hypervolume(points: Any, ref: Sequence[float]) -> float:
-    """Exact hypervolume dominated by ``points`` (n x 3 or n x 2, every column minimised) up to ``ref``.
-
-    Points that do not strictly dominate ``ref`` in every column add nothing and are dropped. Three
-    objectives: slices along the first column, each slice's 2-D area computed by a staircase sweep
-    (O(n^2 log n): fronts here have tens of points).
-    """
-    pts = np.asarray(points, dtype=float).reshape(-1, len(ref))
-    ref = np.asarray(ref, dtype=float)
-    pts = pts[np.all(pts < ref, axis=1)] if len(pts) else pts
-    if len(pts) == 0:
-        return 0.0
-    if len(ref) == 2:
-        return _area_2d(pts, ref)
-    if len(ref) != 3:
-        raise ValueError("hypervolume: 2 or 3 objectives")
-    pts = pts[np.argsort(pts[:, 0], kind="stable")]
-    total = 0.0
-    for i in range(len(pts)):
-        x_next = pts[i + 1, 0] if i + 1 < len(pts) else ref[0]
-        width = x_next - pts[i, 0]
-        if width > 0:
-            total += width * _area_2d(pts[: i + 1, 1:], ref[1:])
-    return float(total)
-
-
-def _area_2d(pts: np.ndarray, ref: np.ndarray) -> float:
-    pts = pts[np.lexsort((pts[:, 1], pts[:, 0]))]
-    area, best = 0.0, ref[1]
-    for i, (a, b) in enumerate(pts):
-        if b >= best:
-            continue
-        area += (ref[0] - a) * (best - b)
-        best = b
-    return float(area)
-
-
-# ------------------------------------------------------------------------------------------ PostgreSQL
-
-
-def _pg_bin(name: str) -> str | None:
-    found = shutil.which(name)
-    if found:
-        return found
-    versions = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
-    return versions[-1] if versions else None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def postgres_available() -> bool:
-    return bool(_pg_bin("initdb") and _pg_bin("pg_ctl"))
-
-
-@contextmanager
-def postgres() -> Iterator[str]:
-    """A throw-away PostgreSQL server on a free local port (the tests' fixture too); its URL.
-
-    Debian's ``postgresql`` server binaries (initdb, pg_ctl); as root the server runs as user postgres.
-    Trust authentication on 127.0.0.1 only, fsync off (the data is thrown away); stopped and removed at the end.
-    """
-    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
-    if not initdb or not pg_ctl:
-        raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's 'postgresql' "
-                           "package (apt-get install -y postgresql)")
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    tmp = Path(tempfile.mkdtemp(prefix="tinynas-pg-"))
-    if as_postgres:
-        shutil.chown(tmp, "postgres", "postgres")
-    data, port = tmp / "data", _free_port()
-
-    def run(*cmd: str) -> None:
-        subprocess.run([*as_postgres, *cmd], check=True, capture_output=True, text=True, timeout=120)
-
-    started = False
-    try:
-        run(initdb, "-D", str(data), "-A", "trust", "-U", "postgres", "--no-sync")
-        run(pg_ctl, "-D", str(data), "-l", str(tmp / "log.txt"), "-w", "-t", "60", "start",
-            "-o", f"-p {port} -k {tmp} -c listen_addresses=127.0.0.1 -c fsync=off")
-        started = True
-        import psycopg2
-
-        conn = psycopg2.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres")
-        conn.autocommit = True
-        conn.cursor().execute("CREATE DATABASE tinynas")
-        conn.close()
-        yield f"postgresql+psycopg2://postgres@127.0.0.1:{port}/tinynas"
-    finally:
-        if started:
-            subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True,
-                           timeout=120)
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def postgres_version() -> str | None:
-    pg = _pg_bin("postgres")
-    if not pg:
-        return None
-    try:
-        return subprocess.run([pg, "--version"], capture_output=True, text=True, timeout=30).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
 
 
 def finish(out_dir: Path, stem: str, out: dict[str, Any], markdown_fn: Any, plot_fn: Any, *,

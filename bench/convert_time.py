@@ -18,10 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
-
-import nas  # noqa: F401  - sets TF_USE_LEGACY_KERAS before TensorFlow loads
+import common  # bench/common.py: run as a script, this folder is first on sys.path
 from nas.tf import builder, convert
 from nas.spec import preset
 

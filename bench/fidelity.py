@@ -40,21 +40,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import common  # bench/common.py: run as a script, this folder is first on sys.path
+import numpy as np
+from tqdm import tqdm
+
+from nas import arena, profile, tflm
+from nas.hardware import load_target
+from nas.space import DataShape, Space, load_space, sample, to_spec
+from nas.spec import ArchSpec
+from nas.testing import random_spec  # the sampler that covers every option of a spec
+from nas.tf import convert
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # tests.random_specs: the sampler that covers every option of a spec
-sys.path.insert(0, str(ROOT / "bench"))
-
-import common  # noqa: E402
-import numpy as np  # noqa: E402
-from tqdm import tqdm  # noqa: E402
-
-import nas  # noqa: E402,F401  - sets TF_USE_LEGACY_KERAS before TensorFlow loads
-from nas import arena, profile, tflm  # noqa: E402
-from nas.tf import convert  # noqa: E402
-from nas.hardware import load_target  # noqa: E402
-from nas.space import DataShape, Space, load_space, sample, to_spec  # noqa: E402
-from nas.spec import ArchSpec  # noqa: E402
-from tests.random_specs import random_spec  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 QUANTITIES = ("sram", "flash", "macs", "imx500")

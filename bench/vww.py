@@ -36,10 +36,7 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common
-
-import nas  # noqa: F401
+import common  # bench/common.py: run as a script, this folder is first on sys.path
 from nas import results, search
 from nas.hardware import load_target
 from nas.spec import ArchSpec, preset

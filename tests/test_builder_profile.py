@@ -15,7 +15,7 @@ import tensorflow as tf
 from nas import profile, tflm
 from nas.tf import convert
 from nas.spec import preset
-from tests.random_specs import random_spec
+from nas.testing import random_spec
 
 
 def converted_ops(tflite: bytes) -> list[tuple[str, tuple[int, ...]]]:

@@ -7,7 +7,7 @@ import pytest
 from nas import profile
 from nas.errors import UserError
 from nas.spec import PRESETS, ArchSpec, load_spec, parse_spec_string, preset
-from tests.random_specs import random_spec
+from nas.testing import random_spec
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
