@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import random
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
