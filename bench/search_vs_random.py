@@ -42,6 +42,7 @@ import common  # noqa: E402
 
 import nas  # noqa: E402,F401
 from nas import results, search  # noqa: E402
+from nas.rundir import TrialStatus  # noqa: E402
 from nas.hardware import load_target  # noqa: E402
 
 SAMPLERS = ("tpe", "random")
@@ -116,7 +117,7 @@ def run_search(sampler: str, seed: int, args: argparse.Namespace, root: Path, sp
             "candidate_s": rec.train_seconds or None, "timings": rec.timings,
         })
     # Completion order = the order the budget was spent in (one worker: trial-number order).
-    spent = sorted((r for r in rows if r["status"] in results.BUDGET_STATUSES),
+    spent = sorted((r for r in rows if TrialStatus(r["status"]).uses_budget),
                    key=lambda r: (r["finished_after_s"] or 0.0, r["number"]))
     curve, seen = [], []
     for k, r in enumerate(spent, 1):

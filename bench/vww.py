@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import nas  # noqa: E402,F401
-from nas import results, search  # noqa: E402
+from nas import results, rundir, search  # noqa: E402
 from nas.hardware import load_target  # noqa: E402
 from nas.spec import ArchSpec, preset  # noqa: E402
 
@@ -90,7 +90,7 @@ def train_final(job: dict[str, Any]) -> dict[str, Any]:
     holdout = None
     if job.get("holdout"):
         t1 = time.perf_counter()
-        h = convert.evaluate_file(str(Path(job["out_dir"]) / results.MODEL_FILE), job["holdout"], split="all",
+        h = convert.evaluate_file(str(Path(job["out_dir"]) / rundir.MODEL_FILE), job["holdout"], split="all",
                                   seed=job["seed"])
         holdout = {"int8_accuracy": h["int8_metric"], "samples": h["samples"], "seconds": round(time.perf_counter() - t1, 2)}
     hist = metrics.get("history", {})
