@@ -276,6 +276,9 @@ def test_five_candidate_errors_in_a_row_stop_the_search(tmp_path):
     assert outcome.failed_in_a_row == 5 and outcome.summary.failed == 5 and outcome.summary.used == 5
     assert "5 candidates failed in a row" in outcome.stopped and "\n" not in outcome.stopped
     assert not outcome.worker_errors
+    search.resume_run(run_dir, max_consecutive_failures=3)  # a resumed search starts a new streak
+    outcome = search.execute(run_dir, train_step="tests.train_steps:candidate_fails")
+    assert outcome.failed_in_a_row == 3 and outcome.summary.failed == 8
 
 
 def test_workers_are_capped_at_the_trials_left_and_warned_above_the_cores():

@@ -28,7 +28,8 @@ from nas.search.preflight import (DEFAULT_DATASET, DEFAULT_TRAIN_LIMIT, FEASIBIL
                                   check_storage_url, dataset_key, feasible_fraction, probe_write, trial_disk_bytes,
                                   versions)
 from nas.search.worker import (BUG_MARK, ENV_STORAGE, EXIT_BUG, EXIT_DISK_FULL, EXIT_STORAGE, HOST, DiskFull,
-                               StorageUnavailable, Worker, consecutive_failures, disk_full_message, storage_problem)
+                               StorageUnavailable, Worker, consecutive_failures, disk_full_message,
+                               session_first_trial, storage_problem)
 from nas.storage import fail_trial, open_storage
 
 log = logging.getLogger(__name__)
@@ -183,7 +184,7 @@ def create_run(req: SearchRequest) -> Path:
             sampler=req.sampler,
             storage=results.redact(storage) if storage else None,
             versions=versions(),
-            sessions=[_session(req.command, req.workers, req.trials)],
+            sessions=[_session(req.command, req.workers, req.trials, first_trial=0)],
             max_consecutive_failures=req.max_consecutive_failures,
         )
         config.save(run_dir)
@@ -195,9 +196,11 @@ def create_run(req: SearchRequest) -> Path:
     return run_dir
 
 
-def _session(command: Sequence[str], workers: int, trials: int) -> dict[str, Any]:
+def _session(command: Sequence[str], workers: int, trials: int, first_trial: int) -> dict[str, Any]:
+    """A session's record in run.yaml. ``first_trial``: the trials before it do not count towards its
+    --max-consecutive-failures (a resumed search starts a new streak)."""
     return {"started": results.now_iso(), "command": list(command), "host": HOST, "pid": os.getpid(),
-            "workers": workers, "trials": trials}
+            "workers": workers, "trials": trials, "first_trial": first_trial}
 
 
 def _create_study(url: str, name: str, run_id: str, run_dir: Path, directions: list[str]) -> None:
@@ -243,7 +246,8 @@ def resume_run(run_dir: str | Path, *, trials: int | None = None, workers: int =
         config = config.replace(trials=trials, max_rejected=cap)
     if max_consecutive_failures is not None:
         config = config.replace(max_consecutive_failures=max_consecutive_failures)
-    config.replace(sessions=[*config.sessions, _session(command, workers, int(config.trials))]).save(run.path)
+    session = _session(command, workers, int(config.trials), first_trial=len(run.frozen_trials()))
+    config.replace(sessions=[*config.sessions, session]).save(run.path)
     return run.path
 
 
@@ -387,7 +391,7 @@ def execute(run_dir: str | Path, *, workers: int = 1, storage: str | None = None
         raise DiskFull(disk_full_message(run.path, shutil.disk_usage(run.path).free, None), errors)
     stopped, failed = None, 0
     if summary.used < summary.budget:
-        streak = consecutive_failures(run.frozen_trials())
+        streak = consecutive_failures(run.frozen_trials(), since=session_first_trial(run.config, session))
         if len(streak) >= run.config.max_consecutive_failures:
             failed = len(streak)
             last = streak[-1].user_attrs.get(rundir.ATTR_REASON) or "no reason recorded"

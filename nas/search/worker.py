@@ -318,13 +318,15 @@ def budget_counts(study: Any) -> tuple[int, int]:
     return sum(1 for t in trials if uses_budget(t)), sum(1 for t in trials if t.state.name == "PRUNED")
 
 
-def consecutive_failures(trials: Iterable[Any]) -> list[Any]:
-    """The failed candidates since the last trained one, in the order they finished (``FrozenTrial`` s).
+def consecutive_failures(trials: Iterable[Any], since: int = 0) -> list[Any]:
+    """The failed candidates since the last trained one, in the order they finished (``FrozenTrial`` s), among
+    trials numbered ``since`` or later (the session's own: a resumed search starts a new streak).
 
     Rejected, interrupted and unused trials neither break nor extend the streak: they say nothing about
     whether candidates can be trained.
     """
-    done = [t for t in trials if results.status_of(t.state.name, t.user_attrs).uses_budget]
+    done = [t for t in trials
+            if t.number >= since and results.status_of(t.state.name, t.user_attrs).uses_budget]
     done.sort(key=lambda t: (t.datetime_complete is None, t.datetime_complete or 0, t.number))
     streak: list[Any] = []
     for t in reversed(done):
@@ -332,6 +334,12 @@ def consecutive_failures(trials: Iterable[Any]) -> list[Any]:
             break
         streak.append(t)
     return streak[::-1]
+
+
+def session_first_trial(config: RunConfig, session: int) -> int:
+    """The first trial number of session ``session`` (0 for runs written before sessions recorded it)."""
+    sessions = config.sessions
+    return int(sessions[session].get("first_trial", 0)) if 0 <= session < len(sessions) else 0
 
 
 def resolve_train_step(text: str) -> TrainStep:
@@ -354,7 +362,7 @@ def run_worker(run_dir: Path, index: int, session: int, storage: str | None = No
     url = config.storage_url(run_dir, storage)
     sampler = make_sampler(config.sampler, worker_seed(int(config.seed), session, index), int(config.trials))
     try:
-        return _worker_loop(run_dir, worker, url, sampler)
+        return _worker_loop(run_dir, worker, url, sampler, session_first_trial(config, session))
     except DiskFull:
         raise
     except Exception as e:
@@ -368,7 +376,7 @@ def run_worker(run_dir: Path, index: int, session: int, storage: str | None = No
                                  f"nas search --resume") from e
 
 
-def _worker_loop(run_dir: Path, worker: Worker, url: str, sampler: Any) -> int:
+def _worker_loop(run_dir: Path, worker: Worker, url: str, sampler: Any, first_trial: int) -> int:
     import optuna
 
     config = worker.config
@@ -388,7 +396,7 @@ def _worker_loop(run_dir: Path, worker: Worker, url: str, sampler: Any) -> int:
         if rejected >= max_rejected:
             log.warning("%d candidates rejected before training (cap %d): stopping", rejected, max_rejected)
             return 0
-        streak = consecutive_failures(study.get_trials(deepcopy=False))
+        streak = consecutive_failures(study.get_trials(deepcopy=False), since=first_trial)
         if len(streak) >= max_failures:
             log.warning("%d candidates failed in a row (cap %d): stopping", len(streak), max_failures)
             return 0
