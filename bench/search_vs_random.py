@@ -43,6 +43,7 @@ import common  # noqa: E402
 import nas  # noqa: E402,F401
 from nas import results, search  # noqa: E402
 from nas.rundir import TrialStatus  # noqa: E402
+from nas.storage import startup_trials as tpe_startup_trials  # noqa: E402
 from nas.hardware import load_target  # noqa: E402
 
 SAMPLERS = ("tpe", "random")
@@ -66,7 +67,7 @@ QUICK_SPACE = {
 
 def startup_trials(trials: int) -> int:
     """TPE's random start-up trials in nas.search.make_sampler for a budget of ``trials``."""
-    return int(search.make_sampler("tpe", 0, trials)._n_startup_trials)
+    return tpe_startup_trials(search.make_sampler("tpe", 0, trials))
 
 
 def normaliser(target: Any) -> dict[str, float]:

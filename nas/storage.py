@@ -2,7 +2,7 @@
 
 Why here: the search's workers, ``nas pareto`` and the app each opened ``RDBStorage`` with their own engine
 settings, and a few places reached into private Optuna attributes (``study._storage``, ``trial._trial_id``,
-``summary._study_id``, ``optuna.storages._rdb.models``). Those are not Optuna's public API and change between
+``summary._study_id``, ``optuna.storages._rdb.models``, ``TPESampler._n_startup_trials``). Those are not Optuna's public API and change between
 releases, so every such use lives in this module and nowhere else; an Optuna upgrade is checked here.
 """
 from __future__ import annotations
@@ -64,6 +64,11 @@ def trial_id(trial: Any) -> int:
 def study_order(summary: Any) -> int:
     """The storage's id of a ``StudySummary``: studies in creation order."""
     return int(summary._study_id)
+
+
+def startup_trials(sampler: Any) -> int:
+    """How many random start-up trials a ``TPESampler`` runs before it models the space (not public in Optuna)."""
+    return int(sampler._n_startup_trials)
 
 
 def fail_trial(study: Any, trial: Any, attrs: dict[str, Any]) -> None:
