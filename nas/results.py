@@ -33,10 +33,11 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from nas import rundir, storage
+from nas import rundir
 from nas.errors import UserError
 from nas.metrics import metric_for
 from nas.rundir import RunConfig, TrialFiles, TrialStatus
+from nas.storage import open_storage
 
 
 # --------------------------------------------------------------------------------------------- rows
@@ -302,7 +303,7 @@ def _load_study(url: str, name: str, source: str) -> Any:
         if not db.is_file():
             raise UserError(source, rundir.STUDY_DB, f"the run's study database {db}; it is missing")
     try:
-        return optuna.load_study(study_name=name, storage=storage.open_storage(url))
+        return optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         raise UserError(source, "study_name", f"a study named '{name}' in {redact(url)}; there is none") from None
     except Exception as e:  # noqa: BLE001 - connection errors from SQLAlchemy / psycopg2

@@ -274,6 +274,7 @@ def test_five_candidate_errors_in_a_row_stop_the_search(tmp_path):
     run_dir = search.create_run(request(tmp_path, trials=20))
     outcome = search.execute(run_dir, train_step="tests.train_steps:candidate_fails")
     assert outcome.failed_in_a_row == 5 and outcome.summary.failed == 5 and outcome.summary.used == 5
+    assert outcome.workers == 1
     assert "5 candidates failed in a row" in outcome.stopped and "\n" not in outcome.stopped
     assert not outcome.worker_errors
     search.resume_run(run_dir, max_consecutive_failures=3)  # a resumed search starts a new streak

@@ -9,6 +9,10 @@ Shape of a run (see DESIGN.md, :mod:`nas.rundir` for the run directory and :mod:
       report counts and the best of each objective         else claim a budget slot, nas.tf.candidate.evaluate
                                                            (QAT, INT8, measure), store attributes, tell
 
+Modules: :mod:`nas.search.preflight` (the request, storage URL, run directory, disk and feasibility checks),
+:mod:`nas.search.coordinator` (create / resume a run, start and watch the workers, orphaned trials) and
+:mod:`nas.search.worker` (the objective and the worker process). This package re-exports their public names.
+
 Decisions, and why:
 
 * **Objectives**: the INT8 task metric (accuracy up or gaze error down), the *measured* peak memory the
