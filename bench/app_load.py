@@ -49,6 +49,7 @@ sys.path.insert(0, str(ROOT))
 from nas import results, search  # noqa: E402
 from nas import space as space_mod  # noqa: E402
 from nas.hardware import load_target  # noqa: E402
+from nas.storage import open_storage  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 FAIL_EVERY = 50  # one trial in 50 is a synthetic training failure
@@ -127,7 +128,7 @@ def generate(run_dir: Path, n: int, seed: int = 0) -> dict[str, Any]:
     # the same SQLite file the search writes) it takes seconds instead of minutes.
     from sqlalchemy import event
 
-    storage = optuna.storages.RDBStorage(run.url)
+    storage = open_storage(run.url)
     event.listen(storage.engine, "connect", lambda conn, _rec: conn.execute("PRAGMA synchronous=OFF"))
     storage.engine.dispose()
     study = optuna.load_study(study_name=run.study_name, storage=storage)

@@ -29,8 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import datetime
-import json
 import logging
 import os
 import random
@@ -47,7 +45,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 import nas  # noqa: E402,F401
-from nas import results, search  # noqa: E402
+from nas import results, rundir, search  # noqa: E402
+from nas.errors import CandidateError  # noqa: E402
+from nas.search import worker as worker_mod  # noqa: E402
+from nas.storage import insert_trials, open_storage  # noqa: E402
 from nas import space as space_mod  # noqa: E402
 
 ROOT = common.ROOT
@@ -153,9 +154,8 @@ def combine(label: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class StubWorker(search.Worker):
-    """The real worker with ``nas.tf.candidate.evaluate`` replaced by an instant stub; times its own phases."""
+    """The real worker with an instant training step (:func:`stub_train_step`); times its own phases."""
 
-    rng = random.Random(1)
     marks: dict[str, float] = {}
 
     def objective(self, trial: Any) -> tuple[float, float, float]:
@@ -165,11 +165,14 @@ class StubWorker(search.Worker):
         finally:
             self.marks["leave"] = time.perf_counter()
 
-    def _train(self, spec: Any, out_dir: Path, trial: Any) -> dict[str, Any]:
-        from nas.budget import Budget
 
-        budget = self._full_budget(trial.study, Budget)
-        return synthetic_metrics(spec, self.target, budget.to_dict(), self.rng)
+_STUB_RNG = random.Random(1)
+
+
+def stub_train_step(spec: Any, dataset: str, budget: Any, out_dir: Path, *, seed: int = 0,
+                    target: Any = None) -> dict[str, Any]:
+    """A training step in place of ``nas.tf.candidate.evaluate``: no training, made-up metrics, no files."""
+    return synthetic_metrics(spec, target, budget.to_dict(), _STUB_RNG)
 
 
 def synthetic_metrics(spec: Any, target: Any, budget: dict[str, Any], rng: random.Random) -> dict[str, Any]:
@@ -264,56 +267,11 @@ def timed_sampler(name: str, timer: Timer) -> Any:
     return sampler
 
 
-def bulk_add(url: str, study_name: str, trials: list[Any]) -> None:
-    """Insert generated FrozenTrials into Optuna's RDB schema in one transaction (SQLAlchemy Core, Optuna's own
-    table definitions). ``Study.add_trials`` writes the same rows one trial and one commit at a time: tens of
-    milliseconds per trial here, i.e. minutes for 5,000 records. Checked by reading the study back."""
-    import sqlalchemy as sa
-    from optuna.distributions import distribution_to_json
-    from optuna.storages._rdb import models
-
-    engine = sa.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            study_id = conn.execute(sa.select(models.StudyModel.study_id).where(
-                models.StudyModel.study_name == study_name)).scalar_one()
-            next_id = (conn.execute(sa.select(sa.func.max(models.TrialModel.trial_id))).scalar() or 0) + 1
-            number = conn.execute(sa.select(sa.func.count()).select_from(models.TrialModel).where(
-                models.TrialModel.study_id == study_id)).scalar()
-            rows: dict[str, list[dict[str, Any]]] = {"trials": [], "values": [], "params": [], "user": [], "system": []}
-            now = time.time()
-            for i, t in enumerate(trials):
-                tid = next_id + i
-                start = datetime.datetime.fromtimestamp(now - 60.0 * (len(trials) - i))
-                rows["trials"].append({"trial_id": tid, "number": number + i, "study_id": study_id, "state": t.state,
-                                       "datetime_start": start,
-                                       "datetime_complete": start + datetime.timedelta(seconds=30)})
-                for k, v in enumerate(t.values or []):
-                    rows["values"].append({"trial_id": tid, "objective": k, "value": v,
-                                           "value_type": models.TrialValueModel.TrialValueType.FINITE})
-                for name, value in t.params.items():
-                    dist = t.distributions[name]
-                    rows["params"].append({"trial_id": tid, "param_name": name,
-                                           "param_value": dist.to_internal_repr(value),
-                                           "distribution_json": distribution_to_json(dist)})
-                for key, value in t.user_attrs.items():
-                    rows["user"].append({"trial_id": tid, "key": key, "value_json": json.dumps(value)})
-                for key, value in t.system_attrs.items():
-                    rows["system"].append({"trial_id": tid, "key": key, "value_json": json.dumps(value)})
-            for key, model in (("trials", models.TrialModel), ("values", models.TrialValueModel),
-                               ("params", models.TrialParamModel), ("user", models.TrialUserAttributeModel),
-                               ("system", models.TrialSystemAttributeModel)):
-                if rows[key]:
-                    conn.execute(model.__table__.insert(), rows[key])
-    finally:
-        engine.dispose()
-
-
 def _study(url: str, name: str, sampler: Any) -> Any:
     """A fresh storage + study object, as a worker process opens it (heartbeat on)."""
     import optuna
 
-    return optuna.load_study(study_name=name, storage=search._storage(url, heartbeat=True), sampler=sampler)
+    return optuna.load_study(study_name=name, storage=open_storage(url, heartbeat=True), sampler=sampler)
 
 
 def loop_overhead(args: argparse.Namespace, root: Path, dataset: str) -> dict[str, Any]:
@@ -325,21 +283,21 @@ def loop_overhead(args: argparse.Namespace, root: Path, dataset: str) -> dict[st
                                trials=10_000, epochs=2, sampler="tpe", seed=0, run_dir=str(root / "overhead"),
                                command=("bench/scaling.py", "overhead"))
     run_dir = search.create_run(req)
-    config = results.read_config(run_dir)
-    url = results.storage_url(run_dir, config)
-    name = config["study_name"]
-    worker = StubWorker.load(run_dir)
+    config = rundir.RunConfig.load(run_dir)
+    url = config.storage_url(run_dir)
+    name = config.study_name
+    worker = StubWorker.load(run_dir, train_step=stub_train_step)
     rng = random.Random(0)
     rows, gen_s, size = [], 0.0, 0
     pid = os.getpid()
     sampler_timer, profile_timer = Timer(), Timer()
-    real_estimate = search.estimate_record
-    search.estimate_record = profile_timer.wrap(real_estimate)  # this process only: the worker's analytic profile
+    real_estimate = worker_mod.estimate_record
+    worker_mod.estimate_record = profile_timer.wrap(real_estimate)  # this process only: the worker's analytic profile
     for target_size in args.sizes:
         need = target_size - size
         if need > 0:
             t0 = time.perf_counter()
-            bulk_add(url, name, generated_trials(worker, need, size, rng))
+            insert_trials(url, name, generated_trials(worker, need, size, rng))
             gen_s += time.perf_counter() - t0
         for sampler_name in ("tpe", "random"):
             # n_startup_trials as an 8-trial search sets it; each size and sampler gets a fresh study object whose
@@ -352,13 +310,13 @@ def loop_overhead(args: argparse.Namespace, root: Path, dataset: str) -> dict[st
                 sampler_timer.take()
                 profile_timer.take()
                 t0 = time.perf_counter()
-                search._counts(st)
+                search.budget_counts(st)
                 t1 = time.perf_counter()
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    st.optimize(worker.objective, n_trials=1, catch=(Exception,))
+                    st.optimize(worker.objective, n_trials=1, catch=(CandidateError, search.BudgetUsed))
                 t2 = time.perf_counter()
-                search._last_was_unused(st, pid)
+                search.last_was_unused(st, pid)
                 t3 = time.perf_counter()
                 if rep == 0:
                     continue
@@ -396,7 +354,7 @@ def loop_overhead(args: argparse.Namespace, root: Path, dataset: str) -> dict[st
             if r["records"] == target_size:
                 r["summary_cold_ms"] = round(1000 * cold, 1)
                 r["coordinator_poll_ms"] = round(1000 * common.median(warm), 1)
-    search.estimate_record = real_estimate
+    worker_mod.estimate_record = real_estimate
     trials = _study(url, name, None).get_trials(deepcopy=False)
     statuses: dict[str, int] = {}
     for t in trials:
@@ -405,7 +363,7 @@ def loop_overhead(args: argparse.Namespace, root: Path, dataset: str) -> dict[st
     return {"storage": "sqlite", "space": "mobilenetv3.yaml", "generated_s": round(gen_s, 1),
             "final_records": len(trials), "statuses": statuses,
             "generated": sum(1 for t in trials if t.user_attrs.get("generated")), "rows": rows,
-            "db_bytes": (run_dir / results.STUDY_DB).stat().st_size}
+            "db_bytes": (run_dir / rundir.STUDY_DB).stat().st_size}
 
 
 # ------------------------------------------------------------------------------------------ report

@@ -42,6 +42,8 @@ import common  # noqa: E402
 
 import nas  # noqa: E402,F401
 from nas import results, search  # noqa: E402
+from nas.rundir import TrialStatus  # noqa: E402
+from nas.storage import startup_trials as tpe_startup_trials  # noqa: E402
 from nas.hardware import load_target  # noqa: E402
 
 SAMPLERS = ("tpe", "random")
@@ -65,7 +67,7 @@ QUICK_SPACE = {
 
 def startup_trials(trials: int) -> int:
     """TPE's random start-up trials in nas.search.make_sampler for a budget of ``trials``."""
-    return int(search.make_sampler("tpe", 0, trials)._n_startup_trials)
+    return tpe_startup_trials(search.make_sampler("tpe", 0, trials))
 
 
 def normaliser(target: Any) -> dict[str, float]:
@@ -116,7 +118,7 @@ def run_search(sampler: str, seed: int, args: argparse.Namespace, root: Path, sp
             "candidate_s": rec.train_seconds or None, "timings": rec.timings,
         })
     # Completion order = the order the budget was spent in (one worker: trial-number order).
-    spent = sorted((r for r in rows if r["status"] in results.BUDGET_STATUSES),
+    spent = sorted((r for r in rows if TrialStatus(r["status"]).uses_budget),
                    key=lambda r: (r["finished_after_s"] or 0.0, r["number"]))
     curve, seen = [], []
     for k, r in enumerate(spent, 1):

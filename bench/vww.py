@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 import common  # bench/common.py: run as a script, this folder is first on sys.path
-from nas import results, search
+from nas import results, rundir, search
 from nas.hardware import load_target
 from nas.spec import ArchSpec, preset
 
@@ -87,7 +87,7 @@ def train_final(job: dict[str, Any]) -> dict[str, Any]:
     holdout = None
     if job.get("holdout"):
         t1 = time.perf_counter()
-        h = convert.evaluate_file(str(Path(job["out_dir"]) / results.MODEL_FILE), job["holdout"], split="all",
+        h = convert.evaluate_file(str(Path(job["out_dir"]) / rundir.MODEL_FILE), job["holdout"], split="all",
                                   seed=job["seed"])
         holdout = {"int8_accuracy": h["int8_metric"], "samples": h["samples"],
                    "seconds": round(time.perf_counter() - t1, 2)}

@@ -70,9 +70,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                         learning_rate=args.lr, patience=args.patience, train_limit=args.train_limit)
     except ValueError as e:
         raise UserError("command line", "budget", f"positive epochs, batch size and learning rate ({e})") from None
+    from nas.rundir import TrialFiles
+
     out = Path(args.out)
-    if (out / "metrics.json").exists() and not args.force:
-        raise UserError(str(out), "--out", "a new or empty folder (it holds a trained model; add --force to replace it)")
+    files = TrialFiles(out)
+    if files.finished() and not args.force:
+        raise UserError(str(out), "--out", "a new or empty folder (it holds a trained model; add --force to "
+                                           "replace it)")
     verbose = 0 if args.json else (1 if sys.stdout.isatty() else 2)
     try:
         metrics = evaluate(spec, args.dataset, budget, out, seed=args.seed, target=target, verbose=verbose)
@@ -91,7 +95,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f" (estimated {metrics['estimated_memory_bytes']:,} B)")
     print("time        " + ", ".join(f"{k} {v:.1f}s" for k, v in metrics["timings"].items())
           + f"; total {metrics['seconds']:.1f} s")
-    print(f"wrote       {out}/model_int8.tflite, model_qat.h5, metrics.json")
+    print(f"wrote       {files.tflite}, {files.keras.name}, {files.metrics.name}")
     return 0
 
 
@@ -110,6 +114,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 # -- nas search / nas pareto ---------------------------------------------------------------------------
 
 _FROM_RUN_DIR = ("constraints", "space", "dataset", "epochs", "train_limit", "lr", "sampler", "seed", "run_dir")
+
+
+def _progress_text(s) -> str:
+    best = "-" if s.best_metric is None else f"{s.best_metric:.4f}"
+    energy = "-" if s.best_energy_mj is None else f"{s.best_energy_mj:.3g} mJ"
+    return (f"feasible {s.feasible}, rejected {s.rejected}, failed {s.failed}, running {s.running} | best "
+            f"{s.metric_name} {best}, memory {_kb(s.best_memory_bytes)}, energy {energy}")
 
 
 class _SearchBar:
@@ -132,15 +143,34 @@ class _SearchBar:
         if used > self.used:
             self.bar.update(used - self.used)
             self.used = used
-        best = "-" if s.best_metric is None else f"{s.best_metric:.4f}"
-        energy = "-" if s.best_energy_mj is None else f"{s.best_energy_mj:.3g} mJ"
-        self.bar.set_postfix_str(f"feasible {s.feasible}, rejected {s.rejected}, failed {s.failed}, running "
-                                 f"{s.running} | best {s.metric_name} {best}, memory {_kb(s.best_memory_bytes)}, "
-                                 f"energy {energy}")
+        self.bar.set_postfix_str(_progress_text(s))
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class _SearchLog:
+    """Progress for a pipe or a file (``nas search ... 2>&1 | tee log``): a tqdm bar would write a line every
+    refresh; this writes one line per finished candidate, and at most every ``quiet_s`` seconds otherwise."""
+
+    def __init__(self, quiet_s: float = 30.0) -> None:
+        self.quiet_s = quiet_s
+        self.used: int | None = None
+        self.last = 0.0
+
+    def __call__(self, s) -> None:
+        import time
+
+        now = time.monotonic()
+        if s.used == self.used and now - self.last < self.quiet_s:
+            return
+        self.used, self.last = s.used, now
+        print(f"search: {min(s.used, s.budget)}/{s.budget} trained or failed | {_progress_text(s)}",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Nothing to close: every line is complete when written."""
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -151,9 +181,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         given = [f"--{k.replace('_', '-')}" for k in _FROM_RUN_DIR if getattr(args, k) is not None]
         if given:
             raise UserError("--resume", given[0], "left out: a resumed search takes it from the run directory "
-                                                  "(only --trials, --workers and --storage may be given)")
+                                                  "(only --trials, --workers, --storage and "
+                                                  "--max-consecutive-failures may be given)")
         run_dir = search.resume_run(args.resume, trials=args.trials, workers=args.workers, storage=args.storage,
-                                    command=command)
+                                    command=command, max_consecutive_failures=args.max_consecutive_failures)
+        run = results.open_run(run_dir, args.storage)
         print(f"Resuming {run_dir}")
     else:
         if not args.constraints:
@@ -164,18 +196,23 @@ def cmd_search(args: argparse.Namespace) -> int:
             trials=search.DEFAULT_TRIALS if args.trials is None else args.trials,
             epochs=search.DEFAULT_EPOCHS if args.epochs is None else args.epochs, train_limit=args.train_limit,
             learning_rate=args.lr, sampler=args.sampler or "tpe", workers=args.workers, storage=args.storage,
-            run_dir=args.run_dir,
-            seed=0 if args.seed is None else args.seed, command=tuple(command))
+            run_dir=args.run_dir, seed=0 if args.seed is None else args.seed, command=tuple(command),
+            max_consecutive_failures=(search.DEFAULT_MAX_CONSECUTIVE_FAILURES if args.max_consecutive_failures is None
+                                      else args.max_consecutive_failures))
         run_dir = search.create_run(req)
-        run = results.Run(run_dir)
-        budget = run.config["budget"]
+        run = results.open_run(run_dir, args.storage)
+        cfg = run.config
+        budget = cfg.budget
+        plan = search.plan_workers(req.workers, req.trials)
         print(f"Run directory: {run_dir}")
-        print(f"  data {run.config['dataset']}, space {run.config['space']['name']}, target "
-              f"{run.config['target']['name']}; {req.trials} candidates to train ({budget['epochs']} QAT epochs"
+        print(f"  data {cfg.dataset}, space {cfg.space['name']}, target "
+              f"{cfg.target['name']}; {req.trials} candidates to train ({budget['epochs']} QAT epochs"
               + (f", {budget['train_limit']} training samples" if budget.get("train_limit") else "")
               + (f", learning rate {budget['learning_rate']:g}" if budget.get("learning_rate") else "")
-              + f"), sampler {req.sampler}, {req.workers} worker(s)")
-    bar = _SearchBar()
+              + f"), sampler {req.sampler}, {plan.workers} worker(s)")
+    for note in search.plan_workers(args.workers, run.budget - run.summary().used).notes():
+        print(f"nas search: warning: {note}", file=sys.stderr)
+    bar = _SearchBar() if sys.stderr.isatty() else _SearchLog()
     try:
         outcome = search.execute(run_dir, workers=args.workers, storage=args.storage, progress=bar)
     except KeyboardInterrupt:
@@ -183,7 +220,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"nas search: interrupted; finished trials are kept. Continue with: nas search --resume {run_dir}",
               file=sys.stderr)
         return 130
-    except search.StorageUnavailable as e:
+    except (search.StorageUnavailable, search.WorkerBug) as e:
         bar.close()
         for err in e.worker_errors:
             print(f"nas search: {err}", file=sys.stderr)
@@ -198,7 +235,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if s.best_metric is not None:
         print(f"  best {s.metric_name} {s.best_metric:.4f}; smallest memory {_kb(s.best_memory_bytes)}; lowest "
               f"energy {s.best_energy_mj:.4g} mJ; {s.pareto} Pareto-optimal trial(s)")
-    if outcome.stopped:
+    if outcome.stopped and not outcome.failed_in_a_row:
         print(f"  {outcome.stopped}")
     for err in outcome.worker_errors:
         print(f"nas search: {err}", file=sys.stderr)
@@ -207,6 +244,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"      nas search --resume {run_dir}   (train the remaining {s.budget - s.used})")
     else:
         print(f"      nas search --resume {run_dir} --trials {s.budget * 2}   (train more)")
+    if outcome.failed_in_a_row:
+        print(f"nas search: error: {outcome.stopped}", file=sys.stderr)
+        return 1
     return 1 if outcome.worker_errors and s.used < s.budget else 0
 
 
@@ -241,7 +281,11 @@ def _add_search_parsers(sub) -> None:
                          "all, or 2000 for the default data set)")
     se.add_argument("--sampler", choices=["tpe", "nsga2", "random"],
                     help="tpe (default: multi-objective TPE, constraint-aware), nsga2, or random")
-    se.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    se.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1; at most "
+                                                           "one per candidate left to train)")
+    se.add_argument("--max-consecutive-failures", type=int,
+                    help="stop the search after this many candidates failed in a row (NaN loss, out of memory, "
+                         "conversion refused; default 5)")
     se.add_argument("--storage", help="Optuna storage URL shared by workers on many machines, e.g. "
                                       "postgresql+psycopg2://user@host:5432/db (default: RUN_DIR/study.db)")
     se.add_argument("--run-dir", help="new or empty run directory (default runs/<space>-<target>-<data>-<time>)")

@@ -1,8 +1,9 @@
 """Reading a search run: the one module through which ``nas pareto``, export and the app see a run.
 
-A run directory (written by :mod:`nas.search`) holds ``run.yaml`` (what was asked), copies of the constraint
-and search-space files, the data set's description, the Optuna storage (``study.db`` unless the run uses
-PostgreSQL) and ``trials/<n>/`` with each trained candidate's INT8 model and metrics. This module turns the
+A run directory (written by :mod:`nas.search`, laid out in :mod:`nas.rundir`) holds ``run.yaml`` (what was
+asked), copies of the constraint and search-space files, the data set's description, the Optuna storage
+(``study.db`` unless the run uses PostgreSQL) and ``trials/<n>/`` with each trained candidate's INT8 model and
+metrics. This module turns the
 study's trials into plain :class:`TrialRecord` rows, so every consumer agrees on what a trial's figures are
 (which memory is "the" memory, what counts as feasible) and on which trials are Pareto-optimal.
 
@@ -31,22 +32,12 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-import yaml
 
+from nas import rundir
 from nas.errors import UserError
 from nas.metrics import metric_for
-
-RUN_FILE = "run.yaml"
-RUN_FORMAT = 1
-STUDY_DB = "study.db"
-TRIALS_DIR = "trials"
-MODEL_FILE = "model_int8.tflite"
-RUN_ID_ATTR = "tinynas_run_id"
-BUDGET_ATTR = "budget"
-STATUSES = ("trained", "rejected", "failed", "interrupted", "unused", "running")
-# Which statuses use up the trial budget: a trained or failed candidate cost its training time. Rejected
-# candidates cost milliseconds; interrupted and unused ones are run again.
-BUDGET_STATUSES = ("trained", "failed")
+from nas.rundir import RunConfig, TrialFiles, TrialStatus
+from nas.storage import open_storage
 
 
 # --------------------------------------------------------------------------------------------- rows
@@ -57,7 +48,7 @@ class TrialRecord:
     """One trial as plain data. Sizes in bytes, latency in ms, energy in mJ, times in seconds."""
 
     number: int
-    status: str
+    status: TrialStatus
     state: str                              # Optuna's state name
     spec: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
@@ -93,22 +84,22 @@ class TrialRecord:
         return self.int8_metric, self.memory_bytes, self.energy_mj
 
 
-def status_of(state: str, attrs: dict[str, Any]) -> str:
+def status_of(state: str, attrs: dict[str, Any]) -> TrialStatus:
     """The trial's status from its Optuna state and the status ``nas.search`` recorded.
 
     A FAIL trial whose recorded status is still ``training`` (or nothing) was cut off before it could say
     otherwise: a worker was killed, and Optuna's heartbeat or ``--resume`` marked it failed.
     """
-    said = attrs.get("status")
+    said = attrs.get(rundir.ATTR_STATUS)
     if state == "RUNNING":
-        return "running"
+        return TrialStatus.RUNNING
     if state == "COMPLETE":
-        return "trained"
+        return TrialStatus.TRAINED
     if state == "PRUNED":
-        return "rejected"
-    if said in ("failed", "unused", "interrupted"):
-        return said
-    return "interrupted"
+        return TrialStatus.REJECTED
+    if said in (TrialStatus.FAILED, TrialStatus.UNUSED, TrialStatus.INTERRUPTED):
+        return TrialStatus(said)
+    return TrialStatus.INTERRUPTED
 
 
 def record_from_trial(trial: Any, run_dir: Path | None = None) -> TrialRecord:
@@ -116,18 +107,18 @@ def record_from_trial(trial: Any, run_dir: Path | None = None) -> TrialRecord:
     attrs = dict(trial.user_attrs)
     state = trial.state.name
     status = status_of(state, attrs)
-    est = attrs.get("estimate") or {}
-    metrics = attrs.get("metrics") or {}
+    est = attrs.get(rundir.ATTR_ESTIMATE) or {}
+    metrics = attrs.get(rundir.ATTR_METRICS) or {}
     constraints = {k: float(v) for k, v in trial.constraints.items()}
     violations = sorted(k for k, v in constraints.items() if v > 0)
-    trial_dir = attrs.get("trial_dir")
+    trial_dir = attrs.get(rundir.ATTR_TRIAL_DIR)
     model = None
-    if trial_dir and run_dir is not None and status == "trained":
-        path = Path(run_dir) / trial_dir / MODEL_FILE
+    if trial_dir and run_dir is not None and status == TrialStatus.TRAINED:
+        path = TrialFiles(Path(run_dir) / trial_dir).tflite
         model = str(path) if path.is_file() else None
     timings = metrics.get("timings") or {}
     return TrialRecord(
-        number=trial.number, status=status, state=state, spec=attrs.get("spec"), params=dict(trial.params),
+        number=trial.number, status=status, state=state, spec=attrs.get(rundir.ATTR_SPEC), params=dict(trial.params),
         metric_name=metrics.get("metric_name"), int8_metric=_num(metrics.get("int8_metric")),
         float_metric=_num(metrics.get("float_metric")),
         memory_bytes=_int(metrics.get("measured_memory_bytes")),
@@ -136,10 +127,11 @@ def record_from_trial(trial: Any, run_dir: Path | None = None) -> TrialRecord:
         estimated_flash_bytes=_int(est.get("flash_bytes")), macs=_int(est.get("macs")),
         params_count=_int(est.get("params")), latency_ms=_num(est.get("latency_ms")),
         energy_mj=_num(est.get("energy_mj")),
-        feasible=status == "trained" and not violations, constraints=constraints, violations=violations,
-        reason=attrs.get("reason") or (_CUT_OFF if status == "interrupted" else None), train_seconds=float(metrics.get("seconds") or 0.0),
+        feasible=status == TrialStatus.TRAINED and not violations, constraints=constraints, violations=violations,
+        reason=attrs.get(rundir.ATTR_REASON) or (_CUT_OFF if status == TrialStatus.INTERRUPTED else None),
+        train_seconds=float(metrics.get("seconds") or 0.0),
         timings={k: float(v) for k, v in timings.items()}, model_path=model, trial_dir=trial_dir,
-        worker=dict(attrs.get("worker") or {}),
+        worker=dict(attrs.get(rundir.ATTR_WORKER) or {}),
         started=trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
         finished=trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
     )
@@ -270,17 +262,19 @@ class Summary:
 
 def summarize(records: Sequence[TrialRecord], budget: int, metric_name: str, higher_is_better: bool) -> Summary:
     """Counts by status, the best value of each objective among feasible trials, and the front's size."""
-    count = {s: 0 for s in STATUSES}
+    count = {s: 0 for s in TrialStatus}
     for r in records:
-        count[r.status] += 1
+        count[TrialStatus(r.status)] += 1
     feasible = [r for r in records if r.feasible]
     metrics = [r.int8_metric for r in feasible if r.int8_metric is not None]
     best = (max(metrics) if higher_is_better else min(metrics)) if metrics else None
     mems = [r.memory_bytes for r in feasible if r.memory_bytes is not None]
     energies = [r.energy_mj for r in feasible if r.energy_mj is not None]
     return Summary(
-        budget=budget, trained=count["trained"], feasible=len(feasible), rejected=count["rejected"],
-        failed=count["failed"], interrupted=count["interrupted"], unused=count["unused"], running=count["running"],
+        budget=budget, trained=count[TrialStatus.TRAINED], feasible=len(feasible),
+        rejected=count[TrialStatus.REJECTED], failed=count[TrialStatus.FAILED],
+        interrupted=count[TrialStatus.INTERRUPTED], unused=count[TrialStatus.UNUSED],
+        running=count[TrialStatus.RUNNING],
         metric_name=metric_name, higher_is_better=higher_is_better, best_metric=best,
         best_memory_bytes=min(mems) if mems else None, best_energy_mj=min(energies) if energies else None,
         train_seconds=sum(r.train_seconds for r in records),
@@ -300,33 +294,6 @@ def pareto_front(records: Iterable[TrialRecord], higher_is_better: bool) -> list
     return sorted(front, key=lambda r: (sign * r.int8_metric, r.memory_bytes, r.energy_mj, r.number))
 
 
-def storage_url(run_dir: Path, config: dict[str, Any], override: str | None = None) -> str:
-    """The storage URL of a run: ``override`` (e.g. with a password), else run.yaml's, else its ``study.db``."""
-    if override:
-        return override
-    url = config.get("storage")
-    if url:
-        return str(url)
-    return f"sqlite:///{(Path(run_dir) / STUDY_DB).resolve()}"
-
-
-def read_config(run_dir: Path | str) -> dict[str, Any]:
-    """``run.yaml`` of a run directory; a :class:`UserError` when ``run_dir`` is not one."""
-    path = Path(run_dir)
-    if not path.is_dir():
-        raise UserError(str(run_dir), "", "an existing run directory (made by nas search); no such directory")
-    file = path / RUN_FILE
-    if not file.is_file():
-        raise UserError(str(run_dir), RUN_FILE, "a run directory made by nas search; it has no run.yaml")
-    try:
-        config = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise UserError(str(file), "", f"a readable run.yaml ({str(e).splitlines()[0]})") from None
-    if not isinstance(config, dict) or config.get("format") != RUN_FORMAT or not config.get("study_name"):
-        raise UserError(str(file), "format", f"a tinynas run file (format {RUN_FORMAT} with a study_name)")
-    return config
-
-
 def _load_study(url: str, name: str, source: str) -> Any:
     import optuna
 
@@ -334,24 +301,17 @@ def _load_study(url: str, name: str, source: str) -> Any:
     if url.startswith("sqlite:///"):
         db = Path(url[len("sqlite:///"):])
         if not db.is_file():
-            raise UserError(source, STUDY_DB, f"the run's study database {db}; it is missing")
+            raise UserError(source, rundir.STUDY_DB, f"the run's study database {db}; it is missing")
     try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs=_engine_kwargs(url))
-        return optuna.load_study(study_name=name, storage=storage)
+        return optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         raise UserError(source, "study_name", f"a study named '{name}' in {redact(url)}; there is none") from None
     except Exception as e:  # noqa: BLE001 - connection errors from SQLAlchemy / psycopg2
         if isinstance(e, UserError):
             raise
-        raise UserError(source, "storage", f"a reachable storage at {redact(url)} "
-                                           f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})") from None
-
-
-def _engine_kwargs(url: str) -> dict[str, Any]:
-    """SQLite: wait for locks instead of failing when several workers write at once."""
-    if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 60}}
-    return {"pool_pre_ping": True}
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(source, "storage",
+                        f"a reachable storage at {redact(url)} ({type(e).__name__}: {first})") from None
 
 
 def redact(url: str) -> str:
@@ -372,26 +332,26 @@ class Run:
 
     def __init__(self, run_dir: Path | str, storage: str | None = None) -> None:
         self.path = Path(run_dir).resolve()
-        self.config = read_config(self.path)
-        self.url = storage_url(self.path, self.config, storage)
+        self.config = RunConfig.load(self.path)
+        self.url = self.config.storage_url(self.path, storage)
         self._study: Any = None
 
     # -- what was asked ---------------------------------------------------------------------------
     @property
     def study_name(self) -> str:
-        return str(self.config["study_name"])
+        return self.config.study_name
 
     @property
     def run_id(self) -> str:
-        return str(self.config["run_id"])
+        return self.config.run_id
 
     @property
     def budget(self) -> int:
-        return int(self.config["trials"])
+        return int(self.config.trials)
 
     @property
     def task(self) -> str:
-        return str(self.config["task"])
+        return self.config.task
 
     @property
     def metric(self) -> tuple[str, bool]:
@@ -401,25 +361,26 @@ class Run:
         """The target the run was checked against (its copy of the constraint file)."""
         from nas.hardware import load_target
 
-        return load_target(str(self.path / "constraints.yaml"))
+        return load_target(str(self.path / rundir.CONSTRAINTS_FILE))
 
     def space(self) -> Any:
         from nas.space import load_space
 
-        return load_space(str(self.path / "space.yaml"))
+        return load_space(str(self.path / rundir.SPACE_FILE))
 
     def dataset_description(self) -> dict[str, Any]:
-        return json.loads((self.path / "dataset.json").read_text())
+        return json.loads((self.path / rundir.DATASET_FILE).read_text())
 
     # -- the study ----------------------------------------------------------------------------------
     def study(self) -> Any:
         """The Optuna study, checked to belong to this run directory."""
         if self._study is None:
             study = _load_study(self.url, self.study_name, str(self.path))
-            owner = study.user_attrs.get(RUN_ID_ATTR)
+            owner = study.user_attrs.get(rundir.RUN_ID_ATTR)
             if owner != self.run_id:
-                raise UserError(str(self.path), RUN_FILE, f"the study '{self.study_name}' of this run; the study "
-                                f"with that name in {redact(self.url)} belongs to another run (run id {owner})")
+                raise UserError(str(self.path), rundir.RUN_FILE,
+                                f"the study '{self.study_name}' of this run; the study with that name in "
+                                f"{redact(self.url)} belongs to another run (run id {owner})")
             self._study = study
         return self._study
 
@@ -466,8 +427,8 @@ def pareto_report(run: Run) -> dict[str, Any]:
     return {
         "run_dir": str(run.path),
         "study": run.study_name,
-        "target": run.config.get("target", {}).get("name"),
-        "dataset": run.config.get("dataset"),
+        "target": run.config.target.get("name"),
+        "dataset": run.config.dataset,
         "metric_name": name,
         "higher_is_better": higher,
         "summary": run.summary(records).to_dict(),

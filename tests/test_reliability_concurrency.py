@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 
-from nas import results
+from nas import results, rundir
 from tests.test_reliability_faults import check_study, tiny_search_args
 from tests.test_search import nas, postgres  # noqa: F401  (the PostgreSQL server fixture)
 
@@ -24,7 +24,7 @@ def run_workers(tmp_path, workers: int, storage: str | None = None) -> list:
     out = nas("search", *tiny_search_args(tmp_path, run_dir, trials, *extra), timeout=1800)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "Traceback" not in out.stderr
-    assert (run_dir / results.STUDY_DB).exists() == (storage is None)
+    assert (run_dir / rundir.STUDY_DB).exists() == (storage is None)
     records = check_study(run_dir, storage, budget=trials)
     trained = [r for r in records if r.status == "trained"]
     assert len({r.model_path for r in trained}) == trials

@@ -34,7 +34,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nas import results, search
+from nas import results, rundir, search
+from nas.storage import trial_id
 from tests.test_reliability_input import one_line_error
 from tests.test_search import NAS, QUICK, ROOT, TINY, _free_port, _pg_bin, nas, wait_for, write_space
 
@@ -109,7 +110,7 @@ def trained_snapshot(run_dir: Path, storage: str | None = None) -> dict[int, tup
         if t.state.name == "COMPLETE":
             m = t.user_attrs["metrics"]
             snap[t.number] = (t.user_attrs["spec"], m["int8_metric"], m["measured_memory_bytes"], tuple(t.values),
-                              m["tflite_sha256"], sha256(run_dir / t.user_attrs["trial_dir"] / results.MODEL_FILE))
+                              m["tflite_sha256"], sha256(run_dir / t.user_attrs["trial_dir"] / rundir.MODEL_FILE))
     return snap
 
 
@@ -120,22 +121,22 @@ def check_study(run_dir: Path, storage: str | None = None, budget: int | None = 
     run = results.open_run(run_dir, storage)
     frozen = sorted(run.frozen_trials(), key=lambda t: t.number)
     assert [t.number for t in frozen] == list(range(len(frozen))), "a trial number was reused or skipped"
-    assert len({t._trial_id for t in frozen}) == len(frozen)
+    assert len({trial_id(t) for t in frozen}) == len(frozen)
     records = run.trials()
     by_number = {r.number: r for r in records}
     for t in frozen:
         if t.state.name != "COMPLETE":
             continue
         m = t.user_attrs["metrics"]
-        assert t.user_attrs["trial_dir"] == f"{results.TRIALS_DIR}/{t.number}"
+        assert t.user_attrs["trial_dir"] == f"{rundir.TRIALS_DIR}/{t.number}"
         folder = run_dir / t.user_attrs["trial_dir"]
-        model = (folder / results.MODEL_FILE).read_bytes()
+        model = (folder / rundir.MODEL_FILE).read_bytes()
         assert hashlib.sha256(model).hexdigest() == m["tflite_sha256"], f"trial {t.number}: .tflite differs"
         assert len(model) == m["tflite_bytes"]
         on_disk = json.loads((folder / "metrics.json").read_text())
         assert (on_disk["tflite_sha256"], on_disk["spec"]) == (m["tflite_sha256"], t.user_attrs["spec"])
         assert (folder / "model_qat.h5").is_file() and by_number[t.number].model_path
-    trials_dir = run_dir / results.TRIALS_DIR
+    trials_dir = run_dir / rundir.TRIALS_DIR
     folders = {int(p.name) for p in trials_dir.iterdir()} if trials_dir.is_dir() else set()
     known = {r.number for r in records if r.status in ("trained", "failed", "interrupted")}
     assert folders <= known, f"files of trials the study does not know: {sorted(folders - known)}"
@@ -157,7 +158,7 @@ def first_trained_and_live(run: results.Run, run_dir: Path):
     trials = run.frozen_trials()
     done = [t for t in trials if t.state.name == "COMPLETE"]
     live = [t for t in trials if t.state.name == "RUNNING" and t.user_attrs.get("status") == "training"
-            and (run_dir / results.TRIALS_DIR / str(t.number) / "spec.json").exists()]
+            and (run_dir / rundir.TRIALS_DIR / str(t.number) / "spec.json").exists()]
     return (done, live[0]) if done and live else None
 
 
@@ -197,8 +198,8 @@ def test_sigkill_of_the_worker_during_training(tmp_path):
         _, victim = wait_for(lambda: first_trained_and_live(run, run_dir), 600, "a finished trial and one training")
         pid = victim.user_attrs["worker"]["pid"]
         time.sleep(0.5)
-        folder = run_dir / results.TRIALS_DIR / str(victim.number)
-        assert log_descriptors(pid, run_dir / "logs") == 2 and not (folder / results.MODEL_FILE).exists()
+        folder = run_dir / rundir.TRIALS_DIR / str(victim.number)
+        assert log_descriptors(pid, run_dir / "logs") == 2 and not (folder / rundir.MODEL_FILE).exists()
         before = trained_snapshot(run_dir)
         os.kill(pid, signal.SIGKILL)
         proc.wait(timeout=300)
@@ -207,7 +208,7 @@ def test_sigkill_of_the_worker_during_training(tmp_path):
     assert proc.returncode == 1
     err = proc.err_path.read_text()
     assert "worker 0 exited with status -9" in err and "Traceback" not in err
-    assert not (folder / results.MODEL_FILE).exists() and not (folder / "metrics.json").exists()
+    assert not (folder / rundir.MODEL_FILE).exists() and not (folder / "metrics.json").exists()
     records = {r.number: r for r in results.Run(run_dir).trials()}
     assert records[victim.number].status == "interrupted"  # marked at once by the coordinator that saw it die
     resume_to_the_end(run_dir, before, 3, [victim.number])
@@ -234,9 +235,9 @@ def test_sigkill_during_int8_conversion_then_resume(tmp_path):
     finally:
         stop(proc)
     (victim,) = [t for t in results.Run(run_dir).frozen_trials() if t.state.name == "RUNNING"]
-    folder = run_dir / results.TRIALS_DIR / str(victim.number)
+    folder = run_dir / rundir.TRIALS_DIR / str(victim.number)
     assert (folder / "spec.json").exists()  # it had been trained ...
-    assert not [p.name for p in folder.iterdir() if p.name.startswith(results.MODEL_FILE)]  # ... not converted
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(rundir.MODEL_FILE)]  # ... not converted
     assert victim.number not in before
     records = resume_to_the_end(run_dir, before, 3, [victim.number])
     assert "killed or interrupted" in records[victim.number].reason
@@ -244,7 +245,7 @@ def test_sigkill_during_int8_conversion_then_resume(tmp_path):
 
 def test_sigkill_during_a_storage_write_then_resume(tmp_path):
     run_dir = tmp_path / "run"
-    journal = run_dir / (results.STUDY_DB + "-journal")
+    journal = run_dir / (rundir.STUDY_DB + "-journal")
     args = tiny_search_args(tmp_path, run_dir, 3)
     proc = start_search(tmp_path, *args)
     hot = False
@@ -275,7 +276,7 @@ def test_sigkill_during_a_storage_write_then_resume(tmp_path):
     victims = [t.number for t in results.Run(run_dir).frozen_trials() if t.state.name == "RUNNING"]
     resume_to_the_end(run_dir, before, 3, victims)
     assert not journal.exists()  # rolled back when the study was opened again
-    with contextlib.closing(sqlite3.connect(run_dir / results.STUDY_DB)) as db:
+    with contextlib.closing(sqlite3.connect(run_dir / rundir.STUDY_DB)) as db:
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 

@@ -280,6 +280,7 @@ def test_argparse_mistakes_are_one_line_exit_2(args, fragments):
     ("--seed", "-1", "non-negative"),
     ("--lr", "0", "positive, finite learning rate"),
     ("--lr", "inf", "positive, finite learning rate"),
+    ("--max-consecutive-failures", "0", "positive number of failed candidates in a row"),
 ])
 def test_bad_search_numbers_are_one_line_exit_2(tmp_path, tiny_space, flag, value, fragment):
     out, run_dir = search_with(tmp_path, "--constraints", "mcu_vww.yaml", "--space", str(tiny_space), flag, value)

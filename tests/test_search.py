@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nas import results, search, tflm
+from nas import results, rundir, search, tflm
 from nas.errors import UserError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,7 +79,7 @@ def check_run(run_dir: Path, memory_limit: int, macs_limit: float | None = None)
             assert not trial_dir.exists(), f"rejected trial {r.number} has files"
             assert r.train_seconds == 0 and r.int8_metric is None and r.model_path is None
         elif r.status == "trained":
-            assert (trial_dir / results.MODEL_FILE).is_file()
+            assert (trial_dir / rundir.MODEL_FILE).is_file()
             assert json.loads((trial_dir / "metrics.json").read_text())["spec"] == r.spec
             assert r.train_seconds > 0 and r.estimated_memory_bytes and r.memory_bytes
     assert not [r for r in records if r.status == "running"]
@@ -240,14 +240,74 @@ def test_gaze_space_on_imx500(tmp_path):
 
 
 def test_a_failing_candidate_is_recorded_and_the_search_goes_on(tmp_path):
-    run_dir = search.create_run(request(tmp_path, trials=2))
-    (run_dir / "trials" / "0").write_text("in the way")  # trial 0 cannot write its model: a real failure
-    outcome = search.execute(run_dir)
+    run_dir = tmp_path / "run"
+    out = nas("search", "--constraints", "mcu_vww.yaml", "--space", str(write_space(tmp_path / "tiny.yaml", TINY)),
+              "--dataset", "mnist", "--trials", "3", *QUICK, "--lr", "1e30", "--max-consecutive-failures", "2",
+              "--run-dir", str(run_dir), timeout=900)
+    # Every candidate's loss becomes NaN (a CandidateError): 2 failed in a row stop the search, one error line.
+    assert out.returncode == 1, out.stderr[-3000:]
+    errors = [line for line in out.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1 and "2 candidates failed in a row" in errors[0] and "NaN" in errors[0], out.stderr
+    assert "0 trained" in out.stdout and "2 failed" in out.stdout, out.stdout
+    records = results.open_run(run_dir).trials()
+    assert [r.status for r in records] == ["failed", "failed"]
+    assert yaml.safe_load((run_dir / "run.yaml").read_text())["max_consecutive_failures"] == 2
+
+
+def test_a_bug_stops_the_search_at_once_and_blames_no_candidate(tmp_path):
+    run_dir = search.create_run(request(tmp_path, trials=3))
+    t0 = time.monotonic()
+    with pytest.raises(search.WorkerBug) as info:
+        search.execute(run_dir, workers=2, train_step="tests.train_steps:divide_by_zero")
+    assert time.monotonic() - t0 < 120
+    message = str(info.value)
+    assert "\n" not in message and "ZeroDivisionError" in message and "worker-0-" in message, message
+    run = results.open_run(run_dir)
+    records = run.trials()
+    assert records and all(r.status == "interrupted" for r in records), records  # no failed candidate
+    assert "ZeroDivisionError" in records[0].reason and run.summary().used == 0
+    logs = "".join(p.read_text() for p in (run_dir / "logs").iterdir())
+    assert "Traceback" in logs and "1 / 0" in logs
+
+
+def test_five_candidate_errors_in_a_row_stop_the_search(tmp_path):
+    run_dir = search.create_run(request(tmp_path, trials=20))
+    outcome = search.execute(run_dir, train_step="tests.train_steps:candidate_fails")
+    assert outcome.failed_in_a_row == 5 and outcome.summary.failed == 5 and outcome.summary.used == 5
+    assert outcome.workers == 1
+    assert "5 candidates failed in a row" in outcome.stopped and "\n" not in outcome.stopped
     assert not outcome.worker_errors
-    records = {r.number: r for r in results.open_run(run_dir).trials()}
-    assert records[0].status == "failed" and "FileExistsError" in records[0].reason
-    assert records[1].status == "trained" and records[1].model_path
-    assert (outcome.summary.failed, outcome.summary.trained, outcome.summary.used) == (1, 1, 2)
+    search.resume_run(run_dir, max_consecutive_failures=3)  # a resumed search starts a new streak
+    outcome = search.execute(run_dir, train_step="tests.train_steps:candidate_fails")
+    assert outcome.failed_in_a_row == 3 and outcome.summary.failed == 8
+
+
+def test_workers_are_capped_at_the_trials_left_and_warned_above_the_cores():
+    plan = search.plan_workers(10_000, 1, cpus=2)
+    assert plan.workers == 1 and any("capped to 1" in n for n in plan.notes())
+    assert search.plan_workers(4, 20, cpus=2).workers == 4
+    assert any("4 workers on 2 CPU cores" in n for n in search.plan_workers(4, 20, cpus=2).notes())
+    assert search.plan_workers(2, 20, cpus=2).notes() == []
+    assert search.plan_workers(3, 0, cpus=8).workers == 1  # one worker finds the budget used and exits
+
+
+def test_many_workers_for_one_trial_start_one_and_progress_to_a_file_is_a_few_lines(tmp_path):
+    run_dir = tmp_path / "run"
+    err = tmp_path / "stderr.txt"
+    t0 = time.monotonic()
+    with open(err, "w") as stderr:  # not a terminal, as with nas search ... 2>&1 | tee log
+        out = subprocess.run([*NAS, "search", "--constraints", "mcu_vww.yaml", "--dataset", "mnist", "--space",
+                              str(write_space(tmp_path / "tiny.yaml", TINY)), "--trials", "1", "--workers", "50",
+                              *QUICK, "--run-dir", str(run_dir)], stdout=subprocess.PIPE, stderr=stderr, text=True,
+                             timeout=600, cwd=ROOT)
+    seconds, text = time.monotonic() - t0, err.read_text()
+    assert out.returncode == 0, text[-3000:]
+    assert "1 worker(s)" in out.stdout and "--workers 50 capped to 1" in text, (out.stdout, text)
+    assert [p.name for p in (run_dir / "logs").iterdir()] == ["worker-0-0.log"]  # one process was started
+    progress = [line for line in text.splitlines() if line.startswith("search: ")]
+    # the first look, one line per finished candidate, and a line every 30 s between them (not one a second)
+    assert 2 <= len(progress) <= 2 + seconds / 30, (seconds, text)
+    assert "\r" not in text and progress[-1].startswith("search: 1/1"), text
 
 
 # -- kill safety ----------------------------------------------------------------------------------------------
@@ -287,7 +347,7 @@ def test_sigkill_then_resume_keeps_finished_trials_and_runs_the_rest(tmp_path):
         if proc.poll() is None:
             proc.kill()
     worker_pid = victim.user_attrs["worker"]["pid"]
-    wait_for(lambda: not search._pid_alive(worker_pid), 30, "the worker to die with its coordinator")
+    wait_for(lambda: not search.pid_alive(worker_pid), 30, "the worker to die with its coordinator")
     before = {r.number: r for r in results.Run(run_dir).trials() if r.status == "trained"}
     assert before and victim.number not in before
     assert [t.state.name for t in results.Run(run_dir).frozen_trials() if t.number == victim.number] == ["RUNNING"]
@@ -417,7 +477,7 @@ def test_a_candidate_within_the_estimates_margin_is_measured_before_training(tmp
     frozen = results.open_run(run_dir).study().get_trials()[0]
     assert frozen.user_attrs["status"] == "rejected"
     assert frozen.user_attrs["borderline"]["measured"]["tflite_bytes"] == measured
-    assert not (run_dir / results.TRIALS_DIR / str(frozen.number)).exists()  # never trained
+    assert not (run_dir / rundir.TRIALS_DIR / str(frozen.number)).exists()  # never trained
     # The limit exactly the real size: trained, and the trained model's .tflite has exactly that size.
     run_dir = tmp_path / "exact"
     out = nas("search", "--constraints", str(_flash_limited_target(tmp_path, measured, "exact")), "--dataset",

@@ -26,8 +26,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from nas import results
+from nas import results, rundir
 from nas.errors import UserError
+from nas.storage import dispose, open_storage, study_order
 
 # Trial categories, in drawing order (the front is drawn last, on top).
 CATEGORIES = ("feasible", "infeasible", "rejected", "failed", "running", "front")
@@ -127,13 +128,8 @@ def _storage(url: str) -> Any:
         db = Path(url[len("sqlite:///"):])
         if not db.is_file():
             raise AppError(f"No study database at {db}: the file does not exist.")
-        kwargs: dict[str, Any] = {"connect_args": {"timeout": 30}}
-    elif url.startswith("postgresql"):
-        kwargs = {"connect_args": {"connect_timeout": 5}, "pool_pre_ping": True}
-    else:
-        kwargs = {"pool_pre_ping": True}
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=kwargs, skip_table_creation=True)
+        return open_storage(url, read_only=True)
     except Exception as e:  # noqa: BLE001 - driver / URL / connection errors
         why = _first_line(e)
         if "version_info" in why:  # reachable, but no Optuna tables: nothing was ever written there
@@ -144,17 +140,14 @@ def _storage(url: str) -> Any:
 
 def list_studies(url: str) -> list[str]:
     """Names of the studies in a storage, oldest first; an :class:`AppError` when it cannot be read."""
-    import optuna
-
     storage = _storage(url)
     try:
-        return [s.study_name for s in sorted(storage.get_all_studies(), key=lambda s: s._study_id)]
+        return [s.study_name for s in sorted(storage.get_all_studies(), key=study_order)]
     except Exception as e:  # noqa: BLE001
         raise AppError(f"Cannot read the studies in {results.redact(url)} (is it an Optuna storage, and is the "
                        f"database reachable?): {_first_line(e)}") from None
     finally:
-        if isinstance(storage, optuna.storages.RDBStorage):
-            storage.engine.dispose()
+        dispose(storage)
 
 
 def load_source(source: str, study: str | None = None, storage: str | None = None) -> Loaded:
@@ -210,11 +203,11 @@ def _from_run(run: results.Run, source: str, studies: list[str]) -> Loaded:
         raise AppError(f"{run.path}: cannot read the trials of study {run.study_name} ({_first_line(e)})") from None
     name, higher = run.metric
     cfg = run.config
-    target = cfg.get("target") or {}
+    target = cfg.target or {}
     return Loaded(source=source, url=results.redact(run.url), study_name=run.study_name, studies=studies,
                   records=records, metric_name=name, higher_is_better=higher, run_dir=str(run.path),
-                  run_id=run.run_id, budget=run.budget, target_path=str(run.path / "constraints.yaml"),
-                  target_name=target.get("name"), runtime=target.get("runtime"), dataset=cfg.get("dataset"))
+                  run_id=run.run_id, budget=run.budget, target_path=str(run.path / rundir.CONSTRAINTS_FILE),
+                  target_name=target.get("name"), runtime=target.get("runtime"), dataset=cfg.dataset)
 
 
 def _load_from_storage(url: str, study: str | None, source: str) -> Loaded:
@@ -228,10 +221,10 @@ def _load_from_storage(url: str, study: str | None, source: str) -> Loaded:
     try:
         try:
             st = optuna.load_study(study_name=name, storage=storage)
-            run_dir = st.user_attrs.get("run_dir")
+            run_dir = st.user_attrs.get(rundir.STUDY_RUN_DIR_ATTR)
         except Exception as e:  # noqa: BLE001
             raise AppError(f"Cannot read study '{name}' in {results.redact(url)}: {_first_line(e)}") from None
-        if run_dir and (Path(run_dir) / results.RUN_FILE).is_file():
+        if run_dir and (Path(run_dir) / rundir.RUN_FILE).is_file():
             run = _open_run(Path(run_dir), url)
             if run.study_name == name:
                 return _from_run(run, source, studies)
@@ -244,7 +237,7 @@ def _load_from_storage(url: str, study: str | None, source: str) -> Loaded:
             raise AppError(f"Cannot read the trials of study '{name}' in {results.redact(url)}: "
                            f"{_first_line(e)}") from None
     finally:
-        storage.engine.dispose()
+        dispose(storage)
     metric = next((r.metric_name for r in records if r.metric_name), "metric")
     return Loaded(source=source, url=results.redact(url), study_name=name, studies=studies, records=records,
                   metric_name=metric, higher_is_better=higher,

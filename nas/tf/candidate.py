@@ -22,6 +22,7 @@ from nas.budget import Budget
 from nas.errors import CandidateError
 from nas.formatting import first_line
 from nas.metrics import metric_value
+from nas.rundir import TrialFiles
 from nas.spec import ArchSpec
 from nas.tf import builder, convert, pipeline, train
 from nas.tf.train import TrainingError
@@ -51,7 +52,11 @@ def measure_untrained(spec: ArchSpec, runtime: str) -> dict[str, Any]:
     seconds of conversion decide what minutes of training would otherwise find out.
     """
     t0 = time.perf_counter()
-    m = _measure_spec(spec)
+    try:
+        m = _measure_spec(spec)
+    except Exception as e:  # noqa: BLE001 - a conversion the converter refused is this candidate's problem
+        raise CandidateError(f"INT8 conversion of the untrained model failed: {type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else ''}") from e
     return {"measured_memory_bytes": m.memory_bytes(runtime), "tflite_bytes": m.tflite_bytes,
             "tflm_arena_bytes": m.tflm_arena_bytes, "imx500_bytes": m.imx500_bytes,
             "seconds": round(time.perf_counter() - t0, 3)}
@@ -67,15 +72,15 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
              target=None, verbose: int = 0) -> dict[str, Any]:
     """Train, convert, evaluate as INT8 and measure one candidate; write its files to ``out_dir``.
 
-    Files: ``model_int8.tflite``, ``model_qat.h5`` (the trained Keras QAT model), ``spec.json`` and
-    ``metrics.json`` (written last: its presence marks a finished candidate).
+    Files (:class:`nas.rundir.TrialFiles`): ``model_int8.tflite``, ``model_qat.h5`` (the trained Keras QAT
+    model), ``spec.json`` and ``metrics.json`` (written last: its presence marks a finished candidate).
     """
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    files = TrialFiles(Path(out_dir))
+    files.path.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(str(dataset), seed)
     spec = train.adapt(spec, ds)
-    (out_dir / "spec.json").write_text(json.dumps({"spec": spec.to_string(), "arch": spec.to_dict()}, indent=1))
+    files.spec.write_text(json.dumps({"spec": spec.to_string(), "arch": spec.to_dict()}, indent=1))
     try:
         trained = train.train_qat(spec, ds, budget, seed=seed, verbose=verbose)
     except TrainingError as e:
@@ -93,9 +98,9 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
     except Exception as e:
         raise CandidateError(f"INT8 conversion failed: {first_line(e, with_type=True)}") from e
     timings["convert"] = time.perf_counter() - t0
-    _write_atomic(out_dir / "model_int8.tflite", tflite)
+    _write_atomic(files.tflite, tflite)
     with tfmot.quantization.keras.quantize_scope(builder.CUSTOM_OBJECTS):
-        trained.model.save(out_dir / "model_qat.h5", include_optimizer=False)
+        trained.model.save(files.keras, include_optimizer=False)
 
     t0 = time.perf_counter()
     int8_metric = metric_value(ds.task, ds.test.y, convert.predict_int8(tflite, x_test))
@@ -137,7 +142,7 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         metrics.update(target=target.name, runtime=runtime, latency_ms=target.latency_ms(est.macs),
                        inference_ms=target.inference_ms(est.macs), energy_mj=target.energy_mj(est.macs))
     metrics["seconds"] = round(time.perf_counter() - t_start, 3)
-    _write_atomic(out_dir / "metrics.json", json.dumps(metrics, indent=1).encode())
+    _write_atomic(files.metrics, json.dumps(metrics, indent=1).encode())
     log.info("%s: %s INT8 %.4f (float %.4f), arena %d B, %.1f s", spec.to_string()[:60], trained.metric_name,
              int8_metric, trained.float_metric, measured.tflm_arena_bytes, metrics["seconds"])
     return metrics
