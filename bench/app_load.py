@@ -43,13 +43,13 @@ from typing import Any, Callable
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+import common  # bench/common.py: run as a script, this folder is first on sys.path
+from nas import results, search
+from nas import space as space_mod
+from nas.hardware import load_target
+from nas.storage import open_storage
 
-from nas import results, search  # noqa: E402
-from nas import space as space_mod  # noqa: E402
-from nas.hardware import load_target  # noqa: E402
-from nas.storage import open_storage  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "bench" / "results"
 FAIL_EVERY = 50  # one trial in 50 is a synthetic training failure
@@ -314,9 +314,6 @@ def main(argv: list[str] | None = None) -> int:
     import optuna
     import plotly
     import streamlit
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    import common
 
     out = {"benchmark": "app_load", "commit": common.commit(), "generated_trials": True, "trials": gen["trials"],
            "trained": gen["trained"], "rejected": gen["rejected"], "failed": gen["failed"],

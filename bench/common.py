@@ -18,6 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from nas.formatting import jsonable
+
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -74,19 +76,9 @@ def header(name: str, quick: bool, **extra: Any) -> dict[str, Any]:
 def write(out_dir: Path, stem: str, data: dict[str, Any], markdown: str) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     js, md = out_dir / f"{stem}.json", out_dir / f"{stem}.md"
-    js.write_text(json.dumps(data, indent=1, default=_jsonable) + "\n")
+    js.write_text(json.dumps(data, indent=1, default=jsonable) + "\n")
     md.write_text(markdown.rstrip() + "\n")
     return js, md
-
-
-def _jsonable(v: Any) -> Any:
-    if hasattr(v, "item"):
-        return v.item()
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    if isinstance(v, Path):
-        return str(v)
-    return str(v)
 
 
 def table(header_row: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

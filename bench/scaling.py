@@ -41,15 +41,13 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-import nas  # noqa: E402,F401
-from nas import results, rundir, search  # noqa: E402
-from nas.errors import CandidateError  # noqa: E402
-from nas.search import worker as worker_mod  # noqa: E402
-from nas.storage import insert_trials, open_storage  # noqa: E402
-from nas import space as space_mod  # noqa: E402
+import common  # bench/common.py: run as a script, this folder is first on sys.path
+from nas import results, rundir, search
+from nas import space as space_mod
+from nas.errors import CandidateError
+from nas.search import worker as worker_mod
+from nas.storage import insert_trials, open_storage
+from nas.testing import postgres, postgres_version
 
 ROOT = common.ROOT
 # The fixed candidate of part 1: one point of mobilenetv3.yaml (parameters not named take their first choice).
@@ -489,7 +487,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.skip_postgres:
             configs.append(("2 workers, PostgreSQL", 2, True))
         with contextlib.ExitStack() as stack:
-            url = stack.enter_context(common.postgres()) if not args.skip_postgres else None
+            url = stack.enter_context(postgres()) if not args.skip_postgres else None
             raw = []
             for k in range(args.rounds):
                 # alternate the order so that a drift in the machine's background load favours no configuration
@@ -504,7 +502,7 @@ def main(argv: list[str] | None = None) -> int:
     out = common.header("scaling", args.quick)
     out["settings"] = {"dataset": dataset, "dataset_label": label, "constraints": common.CONSTRAINTS,
                        "trials": args.trials, "epochs": args.epochs, "train_limit": train_limit, "fixed_spec": fixed_spec,
-                       "sampler": "tpe", "postgres_version": common.postgres_version(), "sizes": args.sizes,
+                       "sampler": "tpe", "postgres_version": postgres_version(), "sizes": args.sizes,
                        "reps": args.reps, "rounds": args.rounds, "records_are_generated": True}
     out["throughput"] = tp
     out["loop_overhead"] = overhead

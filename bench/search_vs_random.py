@@ -37,14 +37,12 @@ from typing import Any
 
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-import nas  # noqa: E402,F401
-from nas import results, search  # noqa: E402
-from nas.rundir import TrialStatus  # noqa: E402
-from nas.storage import startup_trials as tpe_startup_trials  # noqa: E402
-from nas.hardware import load_target  # noqa: E402
+import common  # bench/common.py: run as a script, this folder is first on sys.path
+from nas import results, search
+from nas.hardware import load_target
+from nas.hypervolume import hypervolume
+from nas.rundir import TrialStatus
+from nas.storage import startup_trials as tpe_startup_trials
 
 SAMPLERS = ("tpe", "random")
 PHASES = ("data", "build", "train", "float_train", "qat_train", "convert", "evaluate", "measure")
@@ -81,7 +79,7 @@ def normalised(rec: dict[str, Any], scale: dict[str, float]) -> tuple[float, flo
 
 def hv_of(recs: list[dict[str, Any]], scale: dict[str, float]) -> float:
     pts = [normalised(r, scale) for r in recs if r["feasible"]]
-    return common.hypervolume(pts, (1.0, 1.0, 1.0))
+    return hypervolume(pts, (1.0, 1.0, 1.0))
 
 
 def _seconds(a: datetime | None, b: datetime | None) -> float | None:

@@ -34,10 +34,10 @@ from typing import Any, Callable, Iterator
 os.environ["TF_USE_LEGACY_KERAS"] = "0"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
-from nas import topology  # noqa: E402
-from nas.spec import ArchSpec, parse_spec_string  # noqa: E402
+from nas import topology
+from nas.spec import ArchSpec, parse_spec_string
 
 WORKER_FILE = "worker.json"
 

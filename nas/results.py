@@ -35,6 +35,7 @@ import numpy as np
 
 from nas import rundir
 from nas.errors import UserError
+from nas.formatting import first_line
 from nas.metrics import metric_for
 from nas.rundir import RunConfig, TrialFiles, TrialStatus
 from nas.storage import open_storage
@@ -306,12 +307,11 @@ def _load_study(url: str, name: str, source: str) -> Any:
         return optuna.load_study(study_name=name, storage=open_storage(url))
     except KeyError:
         raise UserError(source, "study_name", f"a study named '{name}' in {redact(url)}; there is none") from None
-    except Exception as e:  # noqa: BLE001 - connection errors from SQLAlchemy / psycopg2
+    except Exception as e:
         if isinstance(e, UserError):
             raise
-        first = str(e).splitlines()[0] if str(e) else ""
         raise UserError(source, "storage",
-                        f"a reachable storage at {redact(url)} ({type(e).__name__}: {first})") from None
+                        f"a reachable storage at {redact(url)} ({first_line(e, with_type=True)})") from None
 
 
 def redact(url: str) -> str:

@@ -27,7 +27,9 @@ from typing import Any
 
 import yaml
 
+from nas import yamlio
 from nas.errors import UserError
+from nas.formatting import first_line
 
 RUN_FILE = "run.yaml"
 RUN_FORMAT = 1
@@ -160,9 +162,9 @@ class RunConfig:
         if not file.is_file():
             raise UserError(str(run_dir), RUN_FILE, "a run directory made by nas search; it has no run.yaml")
         try:
-            doc = yaml.safe_load(file.read_text(encoding="utf-8"))
+            doc = yamlio.load(file.read_text(encoding="utf-8"), str(file))
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            raise UserError(str(file), "", f"a readable run.yaml ({str(e).splitlines()[0]})") from None
+            raise UserError(str(file), "", f"a readable run.yaml ({first_line(e)})") from None
         if not isinstance(doc, dict) or doc.get("format") != RUN_FORMAT or not doc.get("study_name"):
             raise UserError(str(file), "format", f"a tinynas run file (format {RUN_FORMAT} with a study_name)")
         return cls.from_dict(doc, str(file))

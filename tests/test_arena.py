@@ -15,7 +15,7 @@ import pytest
 
 import nas  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow is imported)
 
-from nas.arena import (  # noqa: E402
+from nas.arena import (
     Buffer,
     TailFeatures,
     buffers_from_tflite,
@@ -26,8 +26,8 @@ from nas.arena import (  # noqa: E402
     plan_offsets,
     read_graph,
 )
-from nas.tflm import ArenaMeasurement, ArenaProber, fits, measure_tflm  # noqa: E402
-from tests.shared import SHARED, require  # noqa: E402
+from nas.tflm import ArenaMeasurement, ArenaProber, fits, measure_tflm
+from tests.shared import SHARED, require
 
 log = logging.getLogger(__name__)
 

@@ -85,26 +85,63 @@ def test_the_lint_rule_catches_a_module_level_tensorflow_import() -> None:
     assert _imports_tf("nas.tf.builder") and not _imports_tf("nas.tflm")
 
 
+def _module_aliases(tree: ast.Module, own: set[str]) -> set[str]:
+    """Local names bound to one of our modules: ``from nas import arena``, ``import nas.tflm as tflm``..."""
+    aliases = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            aliases |= {a.asname or a.name for a in node.names if f"{node.module}.{a.name}" in own}
+        elif isinstance(node, ast.Import):
+            aliases |= {a.asname for a in node.names if a.asname and a.name in own}
+    return aliases
+
+
+#: Optuna's private attributes and modules: only the adapter (nas.storage) may touch them.
+OPTUNA_PRIVATE = ("_storage", "_trial_id", "_study_id", "_n_startup_trials")
+ADAPTER = "nas.storage"
+
+
+def _private_uses(path: Path, name: str, own: set[str]) -> list[str]:
+    tree = ast.parse(path.read_text(), str(path))
+    aliases = _module_aliases(tree, own)
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.startswith("optuna") and ("._" in node.module or any(
+                    a.name.startswith("_") for a in node.names)) and name != ADAPTER:
+                found.append(f"{name}: from {node.module} import Optuna internals")
+            if node.module.split(".")[0] == "nas":
+                found += [f"{name}: from {node.module} import {a.name}" for a in node.names
+                          if a.name.startswith("_") and not a.name.startswith("__")]
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__"):
+            if isinstance(node.value, ast.Name) and node.value.id in aliases:
+                found.append(f"{name}: {node.value.id}.{node.attr}")
+            elif node.attr in OPTUNA_PRIVATE and name != ADAPTER:
+                found.append(f"{name}: .{node.attr} (Optuna internals belong in {ADAPTER})")
+    return found
+
+
 def test_no_module_calls_private_names_of_another_module() -> None:
-    """``from nas.x import _private`` or ``module._private(...)`` across modules is how internals leak."""
-    offenders = []
+    """``from nas.x import _private``, ``arena._x(...)`` or Optuna's ``study._storage`` outside the adapter is
+    how internals leak: the package, its tests and its benchmarks are checked."""
     own = {name for name, _ in _modules()}
-    for name, path in _modules():
-        tree = ast.parse(path.read_text(), str(path))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                offenders += [f"{name}: from {node.module} import {a.name}" for a in node.names
-                              if a.name.startswith("_") and not a.name.startswith("__")]
-            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
-                    and isinstance(node.value, ast.Name) and node.value.id not in ("self", "cls")):
-                # an attribute of a module alias: nas modules imported by name (``arena._x``)
-                if any(m.rsplit(".", 1)[-1] == node.value.id for m in own):
-                    offenders.append(f"{name}: {node.value.id}.{node.attr}")
+    files = [(name, path) for name, path in _modules()]
+    files += [(_module_name(p), p) for folder in ("tests", "bench") for p in sorted((ROOT / folder).glob("*.py"))]
+    offenders = [use for name, path in files for use in _private_uses(path, name, own)]
     assert not offenders, "; ".join(sorted(set(offenders)))
 
 
+def test_the_private_name_rule_sees_a_leak(tmp_path: Path) -> None:
+    leak = tmp_path / "leak.py"
+    leak.write_text("from nas import arena\nfrom nas.tflm import _x\narena._align_up(3)\nstudy._storage\n")
+    own = {name for name, _ in _modules()}
+    found = _private_uses(leak, "leak", own)
+    assert len(found) == 3, found
+
+
 def test_coordinator_side_modules_import_without_tensorflow() -> None:
-    names = [name for name, _ in _modules() if not _is_tf_side(name) and not name.startswith("nas.app.explorer")]
+    names = [name for name, _ in _modules()
+             if not _is_tf_side(name) and name != "nas.app.explorer" and not name.endswith("__main__")]
     code = (
         "import importlib, json, sys\n"
         f"names = {names!r}\n"

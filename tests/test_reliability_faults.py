@@ -37,7 +37,8 @@ import yaml
 from nas import results, rundir, search
 from nas.storage import trial_id
 from tests.test_reliability_input import one_line_error
-from tests.test_search import NAS, QUICK, ROOT, TINY, _free_port, _pg_bin, nas, wait_for, write_space
+from nas.testing import free_port, pg_bin
+from tests.test_search import NAS, QUICK, ROOT, TINY, nas, wait_for, write_space
 
 # -- helpers shared with test_reliability_concurrency.py ---------------------------------------------------------
 
@@ -467,7 +468,7 @@ class PgServer:
     """A throw-away PostgreSQL server that a test can stop and start again (same data, same port)."""
 
     def __init__(self) -> None:
-        self.initdb, self.pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+        self.initdb, self.pg_ctl = pg_bin("initdb"), pg_bin("pg_ctl")
         if not self.initdb or not self.pg_ctl:
             pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's 'postgresql' "
                         "package (apt-get install -y postgresql)")
@@ -475,7 +476,7 @@ class PgServer:
         self.tmp = Path(tempfile.mkdtemp(prefix="tinynas-pg-"))
         if self.as_postgres:
             shutil.chown(self.tmp, "postgres", "postgres")
-        self.data, self.port, self.running = self.tmp / "data", _free_port(), False
+        self.data, self.port, self.running = self.tmp / "data", free_port(), False
         self.url = f"postgresql+psycopg2://postgres@127.0.0.1:{self.port}/tinynas"
         self._run(self.initdb, "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
         self.start()

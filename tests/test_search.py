@@ -20,11 +20,10 @@ import yaml
 
 from nas import results, rundir, search, tflm
 from nas.errors import UserError
+from nas.testing import postgres as postgres_server
+from nas.testing import postgres_available
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "bench"))
-from common import _free_port, _pg_bin, postgres_available  # noqa: E402,F401  - one PostgreSQL helper for all
-from common import postgres as postgres_server  # noqa: E402
 NAS = [str(Path(sys.executable).parent / "nas")]
 QUICK = ["--epochs", "1", "--train-limit", "300"]
 
@@ -373,7 +372,7 @@ def test_sigkill_then_resume_keeps_finished_trials_and_runs_the_rest(tmp_path):
 
 @pytest.fixture
 def postgres():
-    """A throw-away PostgreSQL server on a free local port (bench/common.py's, shared with the benchmarks)."""
+    """A throw-away PostgreSQL server on a free local port (nas.testing's, shared with the benchmarks)."""
     if not postgres_available():
         pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) not found: install Debian's 'postgresql' package "
                     "(apt-get install -y postgresql)")

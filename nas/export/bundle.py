@@ -20,7 +20,7 @@ from nas.export.metadata import bundle_metadata
 from nas.formatting import jsonable
 from nas.export.select import select_trials, source_info
 from nas.export.staging import check_destination, check_name, check_out_dir, staged, write_zip
-from nas.export.trial import TRIAL_KERAS, TRIAL_TFLITE, Trial, default_name, is_run_dir, load_data, read_trial
+from nas.export.trial import Trial, default_name, is_run_dir, load_data, read_trial
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ def _write_bundle(trial: Trial, tmp: Path, name: str, *, target: Any, run_info: 
     spec, tflite = trial.spec, trial.tflite
     inp, out = io_details(tflite)
     if inp["dtype"] != "int8" or out["dtype"] != "int8":
-        raise UserError(str(trial.path / TRIAL_TFLITE), "input/output",
+        raise UserError(str(trial.files.tflite), "input/output",
                         f"a full-integer model with int8 input and output, got {inp['dtype']} / {out['dtype']}")
     t = time.perf_counter()
     meas = tflm.measure_tflm(tflite, find_minimum=True)
@@ -112,7 +112,7 @@ def _write_bundle(trial: Trial, tmp: Path, name: str, *, target: Any, run_info: 
     timings["samples"] = time.perf_counter() - t
 
     (tmp / TFLITE).write_bytes(tflite)
-    shutil.copyfile(trial.path / TRIAL_KERAS, tmp / KERAS)
+    shutil.copyfile(trial.files.keras, tmp / KERAS)
     (tmp / C_SOURCE).write_text(c_array_source(tflite))
     (tmp / C_HEADER).write_text(c_header(arena_size=arena_size, arena_min=minimum, margin=margin, inp=inp, out=out,
                                          spec=spec.to_string()))

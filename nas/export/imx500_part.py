@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from nas.export.layout import IMX500_DIR
-from nas.export.trial import TRIAL_KERAS, Trial
+from nas.export.trial import Trial
 
 #: ``--imx500``: auto (for runtime: imx500 targets when the converter exists), on (required), off.
 IMX500_MODES = ("auto", "on", "off")
@@ -78,7 +78,7 @@ def _float_model_weights(trial: Trial, x_float: Any) -> tuple[dict[str, Any], An
     from nas import imx500 as imx
 
     with tfmot.quantization.keras.quantize_scope(builder.CUSTOM_OBJECTS):
-        qat = keras.models.load_model(trial.path / TRIAL_KERAS, compile=False)
+        qat = keras.models.load_model(trial.files.keras, compile=False)
     float_model = builder.build(trial.spec)
     weights = imx.float_weights(qat, float_model)
     return weights, float_model.predict(x_float, verbose=0)

@@ -49,6 +49,6 @@ def source_info(run: Any, record: Any, selected_by: str, front: set[int]) -> dic
     cfg = run.config
     return {"run_dir": str(run.path), "study": run.study_name, "run_id": run.run_id, "trial": record.number,
             "selected_by": selected_by, "feasible": record.feasible, "pareto_optimal": record.number in front,
-            "violations": list(record.violations), "run_dataset": cfg.get("dataset"), "run_seed": cfg.get("seed"),
-            "run_budget": cfg.get("budget"), "constraints_source": (cfg.get("target") or {}).get("source"),
-            "versions": cfg.get("versions")}
+            "violations": list(record.violations), "run_dataset": cfg.dataset, "run_seed": cfg.seed,
+            "run_budget": cfg.budget, "constraints_source": (cfg.target or {}).get("source"),
+            "versions": cfg.versions}

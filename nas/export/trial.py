@@ -1,7 +1,7 @@
 """Reading what export starts from: a trained trial folder (what ``nas train --out DIR`` and a search's
 ``runs/<study>/trials/<n>/`` hold), its data set, and whether a source folder is a run directory instead.
 
-The trial folder's file names live here and nowhere else in :mod:`nas.export`."""
+The trial folder's layout is :class:`nas.rundir.TrialFiles`: the same one the search writes."""
 from __future__ import annotations
 
 import json
@@ -9,15 +9,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from nas import rundir
 from nas.errors import UserError
+from nas.rundir import TrialFiles
 from nas.spec import ArchSpec
 
-#: The files :func:`nas.tf.candidate.evaluate` writes into a trained folder.
-TRIAL_SPEC = "spec.json"
-TRIAL_METRICS = "metrics.json"
-TRIAL_TFLITE = "model_int8.tflite"
-TRIAL_KERAS = "model_qat.h5"
-TRIAL_FILES = (TRIAL_SPEC, TRIAL_METRICS, TRIAL_TFLITE, TRIAL_KERAS)
+#: The files :func:`nas.tf.candidate.evaluate` writes into a trained folder, all needed for a bundle.
+TRIAL_FILES = (rundir.SPEC_FILE, rundir.METRICS_FILE, rundir.MODEL_FILE, rundir.KERAS_FILE)
 
 
 @dataclass(frozen=True)
@@ -29,6 +27,10 @@ class Trial:
     metrics: dict[str, Any]
     tflite: bytes
 
+    @property
+    def files(self) -> TrialFiles:
+        return TrialFiles(self.path)
+
 
 def read_trial(trial_dir: Path | str) -> Trial:
     """Read a trained candidate folder; a :class:`UserError` naming the missing file otherwise."""
@@ -39,16 +41,17 @@ def read_trial(trial_dir: Path | str) -> Trial:
     if missing:
         raise UserError(str(path), missing[0], f"a finished trained folder with {', '.join(TRIAL_FILES)} "
                                                f"(nas train --out DIR or runs/<study>/trials/<n>); it is missing")
+    files = TrialFiles(path)
     try:
-        metrics = json.loads((path / TRIAL_METRICS).read_text())
-        spec_doc = json.loads((path / TRIAL_SPEC).read_text())
+        metrics = json.loads(files.metrics.read_text())
+        spec_doc = json.loads(files.spec.read_text())
     except (OSError, ValueError) as e:
-        raise UserError(str(path), f"{TRIAL_METRICS}/{TRIAL_SPEC}", f"readable JSON ({e})") from None
+        raise UserError(str(path), f"{rundir.METRICS_FILE}/{rundir.SPEC_FILE}", f"readable JSON ({e})") from None
     if isinstance(spec_doc, dict) and isinstance(spec_doc.get("arch"), dict):
-        spec = ArchSpec.from_dict(spec_doc["arch"], source=str(path / TRIAL_SPEC))
+        spec = ArchSpec.from_dict(spec_doc["arch"], source=str(files.spec))
     else:
         spec = ArchSpec.from_string(str(spec_doc.get("spec") if isinstance(spec_doc, dict) else metrics["spec"]))
-    return Trial(path, spec, metrics, (path / TRIAL_TFLITE).read_bytes())
+    return Trial(path, spec, metrics, files.tflite.read_bytes())
 
 
 def default_name(trial_dir: Path) -> str:
@@ -63,16 +66,14 @@ def load_data(trial: Trial) -> Any:
 
     name, seed = trial.metrics.get("dataset"), int(trial.metrics.get("seed", 0))
     if not name:
-        raise UserError(str(trial.path / TRIAL_METRICS), "dataset", "the data set the model was trained on")
+        raise UserError(str(trial.files.metrics), "dataset", "the data set the model was trained on")
     try:
         return load_dataset(str(name), seed)
     except UserError as e:
-        raise UserError(str(trial.path / TRIAL_METRICS), "dataset",
+        raise UserError(str(trial.files.metrics), "dataset",
                         f"a loadable data set to draw sample inputs from: {e}") from None
 
 
 def is_run_dir(path: Path | str) -> bool:
     """Whether ``path`` is a search's run directory (it has run.yaml) rather than one trained folder."""
-    from nas import results
-
-    return (Path(path) / results.RUN_FILE).is_file()
+    return (Path(path) / rundir.RUN_FILE).is_file()

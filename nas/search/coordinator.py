@@ -21,12 +21,12 @@ from typing import Any, Callable, Sequence
 
 from nas import results, rundir
 from nas.errors import UserError
+from nas.formatting import first_line, package_versions
 from nas.rundir import RunConfig, TrialStatus
 from nas.metrics import metric_for
 from nas.search.preflight import (DEFAULT_DATASET, DEFAULT_TRAIN_LIMIT, FEASIBILITY_PROBES, SearchRequest,
                                   check_disk_space, check_max_failures, check_request, check_run_dir_location,
-                                  check_storage_url, dataset_key, feasible_fraction, probe_write, trial_disk_bytes,
-                                  versions)
+                                  check_storage_url, dataset_key, feasible_fraction, probe_write, trial_disk_bytes)
 from nas.search.worker import (BUG_MARK, ENV_STORAGE, EXIT_BUG, EXIT_DISK_FULL, EXIT_STORAGE, HOST, DiskFull,
                                StorageUnavailable, Worker, consecutive_failures, disk_full_message,
                                session_first_trial, storage_problem)
@@ -183,7 +183,7 @@ def create_run(req: SearchRequest) -> Path:
             seed=req.seed,
             sampler=req.sampler,
             storage=results.redact(storage) if storage else None,
-            versions=versions(),
+            versions=package_versions(),
             sessions=[_session(req.command, req.workers, req.trials, first_trial=0)],
             max_consecutive_failures=req.max_consecutive_failures,
         )
@@ -210,9 +210,8 @@ def _create_study(url: str, name: str, run_id: str, run_dir: Path, directions: l
     try:
         study = optuna.create_study(storage=open_storage(url), study_name=name, directions=directions)
     except Exception as e:  # noqa: BLE001 - connection / permission errors of the user's database
-        first = str(e).splitlines()[0] if str(e) else ""
         raise UserError("--storage", "storage", f"a storage Optuna can create a study in: {results.redact(url)} "
-                                                f"({type(e).__name__}: {first})") from None
+                                                f"({first_line(e, with_type=True)})") from None
     study.set_user_attr(rundir.RUN_ID_ATTR, run_id)
     study.set_user_attr(rundir.STUDY_RUN_DIR_ATTR, str(run_dir))
     study.set_user_attr(rundir.STUDY_HOST_ATTR, HOST)
@@ -336,7 +335,7 @@ def execute(run_dir: str | Path, *, workers: int = 1, storage: str | None = None
     def tolerate(step: Callable[[], Any]) -> None:
         try:
             step()
-        except Exception as e:  # noqa: BLE001 - only database errors are tolerated, anything else is raised
+        except Exception as e:
             problem = storage_problem(e)
             if problem is None:
                 raise
@@ -377,7 +376,7 @@ def execute(run_dir: str | Path, *, workers: int = 1, storage: str | None = None
         _stop(procs)
     try:
         summary = run.summary()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:
         problem = storage_problem(e)
         if problem is None:
             raise

@@ -8,10 +8,8 @@ import logging
 import os
 import random
 import shutil
-import sys
 import tempfile
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -29,8 +27,6 @@ FEASIBILITY_PROBES = 500
 RUN_DIR_RESERVE_BYTES = 16 * 1024 ** 2   # study.db, logs and the run's own files
 TRIAL_FILE_OVERHEAD_BYTES = 256 * 1024   # per trial: .h5 container, JSON files (measured ~180 KB)
 TRIAL_FLASH_FACTOR = 6               # .tflite ~ the flash estimate; the QAT .h5 holds float weights and more
-PACKAGES = ("tinynas", "tensorflow", "tf_keras", "tensorflow-model-optimization", "tflite-micro", "optuna",
-            "numpy", "sqlalchemy", "psycopg2-binary")
 
 
 @dataclass(frozen=True)
@@ -104,16 +100,6 @@ def dataset_key(name: str) -> str:
     if name in data.names():
         return name
     return str(Path(name).expanduser().resolve())
-
-
-def versions() -> dict[str, str]:
-    out = {"python": sys.version.split()[0]}
-    for pkg in PACKAGES:
-        try:
-            out[pkg] = metadata.version(pkg)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
 
 
 def check_run_dir_location(path: Path, flag: str = "--run-dir", *, given: bool = True) -> Path:
@@ -215,11 +201,9 @@ def measured_checks(estimate: dict[str, Any], metrics: dict[str, Any], target: A
     values = {"macs": estimate["macs"], "sram_bytes": estimate["peak_sram_bytes"],
               "flash_bytes": estimate["flash_bytes"], "onchip_bytes": estimate["onchip_bytes"],
               "latency_ms": estimate["latency_ms"], "energy_mj": estimate["energy_mj"]}
-    if target.runtime == "imx500":
-        values["onchip_bytes"] = metrics["measured_memory_bytes"]
-    else:
-        values["sram_bytes"] = metrics["measured_memory_bytes"]
-        values["flash_bytes"] = metrics["tflite_bytes"]
+    measured = {"tflm_arena_bytes": metrics.get("tflm_arena_bytes"), "tflite_bytes": metrics.get("tflite_bytes"),
+                "imx500_model_bytes": metrics.get("imx500_bytes")}
+    values.update({key: value for key, (value, _) in target.memory_basis(measured).items() if value is not None})
     return target.check(values)
 
 

@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Sequence
 from nas import results, rundir
 from nas.budget import Budget
 from nas.errors import CandidateError, UserError
+from nas.formatting import first_line, jsonable
 from nas.metrics import metric_for
 from nas.rundir import RunConfig, TrialFiles, TrialStatus
 from nas.search.preflight import estimate_record, feasible_fraction, measured_checks, trial_disk_bytes, violation
@@ -180,11 +181,11 @@ class Worker:
             # A full disk is not the candidate's fault: the trial is cut off (run again on resume), not failed.
             full = disk_full(e)
             trial.set_user_attr(rundir.ATTR_STATUS, TrialStatus.INTERRUPTED if full else TrialStatus.FAILED)
-            trial.set_user_attr(rundir.ATTR_REASON, ("disk full: " if full else "") + _reason(e))
+            trial.set_user_attr(rundir.ATTR_REASON, ("disk full: " if full else "") + first_line(e, with_type=True))
             raise
         except Exception as e:
             trial.set_user_attr(rundir.ATTR_STATUS, TrialStatus.INTERRUPTED)
-            trial.set_user_attr(rundir.ATTR_REASON, ("disk full: " if disk_full(e) else BUG_MARK) + _reason(e))
+            trial.set_user_attr(rundir.ATTR_REASON, ("disk full: " if disk_full(e) else BUG_MARK) + first_line(e, with_type=True))
             raise
         for c in measured_checks(estimate, metrics, self.target):
             trial.set_constraint(c.name, violation(c))
@@ -226,7 +227,7 @@ class Worker:
             from nas.tf.candidate import evaluate as step
         metrics = step(spec, self.config.dataset, self.full_budget(trial.study), files.path,
                        seed=int(self.config.seed), target=self.target)
-        return json.loads(json.dumps(metrics, default=_jsonable))
+        return json.loads(json.dumps(metrics, default=jsonable))
 
     def full_budget(self, study: Any) -> Budget:
         """The budget this run trains with: recorded on the study by its first trained trial, so a resumed run
@@ -253,19 +254,6 @@ def disk_full_message(run_dir: Path, free: int, per_trial: int | None) -> str:
     need = "" if per_trial is None else f"; a trial needs about {per_trial / 1024 ** 2:,.1f} MB"
     return (f"the disk of {run_dir} is full ({free / 1024 ** 2:,.1f} MB free{need}); the search stopped and "
             f"finished trials are kept. Free some space, then continue with: nas search --resume {run_dir}")
-
-
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0] if text else ''}"[:500]
-
-
-def _jsonable(v: Any) -> Any:
-    if hasattr(v, "item"):
-        return v.item()
-    if hasattr(v, "tolist"):
-        return v.tolist()
-    return str(v)
 
 
 def make_sampler(name: str, seed: int, trials: int) -> Any:
@@ -451,7 +439,7 @@ def worker_main(argv: Sequence[str] | None = None) -> int:
     except StorageUnavailable as e:
         log.error("%s", e)
         return EXIT_STORAGE
-    except Exception as e:  # noqa: BLE001 - a bug: the traceback goes to the log, the coordinator stops the search
+    except Exception as e:
         log.exception("unexpected error")
-        log.error("%s%s", BUG_MARK, _reason(e))  # last line of the log: what the coordinator reports
+        log.error("%s%s", BUG_MARK, first_line(e, with_type=True))  # last line of the log: what the coordinator reports
         return EXIT_BUG

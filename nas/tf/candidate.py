@@ -54,7 +54,7 @@ def measure_untrained(spec: ArchSpec, runtime: str) -> dict[str, Any]:
     t0 = time.perf_counter()
     try:
         m = _measure_spec(spec)
-    except Exception as e:  # noqa: BLE001 - a conversion the converter refused is this candidate's problem
+    except Exception as e:
         raise CandidateError(f"INT8 conversion of the untrained model failed: {type(e).__name__}: "
                              f"{str(e).splitlines()[0] if str(e) else ''}") from e
     return {"measured_memory_bytes": m.memory_bytes(runtime), "tflite_bytes": m.tflite_bytes,
