@@ -1,4 +1,4 @@
-"""TensorFlow Lite Micro arena memory: exact head planning, calibrated tail, and real measurement.
+"""TensorFlow Lite Micro arena memory predicted: exact head planning and a calibrated tail (measured in nas.tflm).
 
 A TFLM tensor arena has two parts:
 

@@ -1,11 +1,12 @@
 """Data sets: a small registry of in-memory image data sets with deterministic splits.
 
-Every data set the search and the trainer see is a :class:`Dataset`: three :class:`Split` s of float32
-images in ``[0, 1]`` at the data set's *native* size, plus labels. A candidate network's input size is
-only known later, so :func:`prepare` resizes (and converts channels) on demand, once per split and input
-shape, and :func:`to_tf_dataset` turns arrays into a batched ``tf.data`` pipeline with optional
-augmentation. These data sets are small (thousands of images), so holding them in memory is the fast
-path: no decoding per epoch, and the same arrays feed training, INT8 calibration and INT8 evaluation.
+Every data set the search and the trainer see is a :class:`Dataset`: three :class:`Split` s of float32 images
+in ``[0, 1]`` at the data set's *native* size, plus labels. A candidate network's input size is only known
+later, so :func:`nas.tf.pipeline.prepare` resizes (and converts channels) on demand, once per split and input
+shape, and :func:`nas.tf.pipeline.to_tf_dataset` turns arrays into a batched ``tf.data`` pipeline with
+optional augmentation; this module reads and splits data without TensorFlow. These data sets are small
+(thousands of images), so holding them in memory is the fast path: no decoding per epoch, and the same arrays
+feed training, INT8 calibration and INT8 evaluation.
 
 Sources (``load(name_or_path)``)
 --------------------------------

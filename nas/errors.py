@@ -1,8 +1,9 @@
-"""The one exception type for mistakes a user can fix.
+"""The two exception types the rest of the package relies on: a user's mistake and a candidate's failure.
 
-Every user-facing error names *where* (a file, a command-line flag or a spec string), *which field*
-and *what was expected*, so the CLI can print it on one line and exit with status 2 instead of
-showing a traceback.
+:class:`UserError` is a mistake a user can fix. Every user-facing error names *where* (a file, a command-line
+flag or a spec string), *which field* and *what was expected*, so the CLI can print it on one line and exit
+with status 2 instead of showing a traceback. :class:`CandidateError` is one candidate's own failure, which
+the search records and survives; every other exception is a bug and stops it.
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The one YAML reader for the files tinynas reads: constraint files, search spaces and spec files (run.yaml next).
+"""The one YAML reader for the files tinynas reads: constraint files, search spaces, spec files and run.yaml.
 
 Plain ``yaml.safe_load`` accepts a mapping that gives a key twice and silently keeps the last value, so a
 constraint file with ``sram:`` twice would search against whichever line came second. :func:`load` parses
