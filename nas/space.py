@@ -240,11 +240,6 @@ def spaces_dir() -> Path:
     return shipped.folder("search_spaces", ENV_SPACES_DIR)
 
 
-def shipped_spaces() -> list[str]:
-    """Names of the shipped search spaces (file stems), sorted."""
-    return shipped.names(spaces_dir())
-
-
 def resolve_space_path(name_or_path: str) -> Path:
     """An existing file for ``name_or_path``: the path itself, else a shipped space by bare name."""
     return shipped.resolve(name_or_path, spaces_dir(), "search-space")
