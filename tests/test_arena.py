@@ -271,8 +271,8 @@ def _to_int8(model, shape: tuple[int, ...], float_io: bool = False) -> bytes:
 @pytest.fixture(scope="module")
 def generated_models() -> dict[str, bytes]:
     """Four tiny nets covering the ops a search space produces; converted once (~1 s each)."""
-    tf = pytest.importorskip("tensorflow")
-    keras = pytest.importorskip("tf_keras")
+    import tensorflow as tf  # a hard dependency: missing means a broken install, which must fail
+    import tf_keras as keras
     L = keras.layers
     out: dict[str, bytes] = {}
 
