@@ -139,7 +139,8 @@ def combine(label: str, rounds: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "config": label, "workers": rounds[0]["workers"], "storage": rounds[0]["storage"], "trained": trained,
         "failed": sum(r["failed"] for r in rounds), "worker_errors": [e for r in rounds for e in r["worker_errors"]],
-        "execute_s": round(execute_s, 2), "trials_per_hour": round(3600 * trained / execute_s, 1) if execute_s else None,
+        "execute_s": round(execute_s, 2),
+        "trials_per_hour": round(3600 * trained / execute_s, 1) if execute_s else None,
         "steady_trials_per_hour": round(3600 * trained / steady_s, 1) if steady_s else None,
         "per_round_trials_per_hour": [r["trials_per_hour"] for r in rounds],
         "candidate_s_median": common.median([c for r in rounds for c in r["candidate_s"]]),
@@ -371,7 +372,8 @@ def markdown(out: dict[str, Any]) -> str:
     s = out["settings"]
     lines = [f"Scaling, commit {out['commit']}", ""]
     lines.append(f"Throughput: data `{s['dataset_label']}`, `{s['constraints']}`, one fixed candidate "
-                 f"(`{s['fixed_spec']}`), {s['trials']} trained trials per configuration and round, {s['epochs']} QAT epoch(s), "
+                 f"(`{s['fixed_spec']}`), {s['trials']} trained trials per configuration and round, "
+                 f"{s['epochs']} QAT epoch(s), "
                  f"train cap {s['train_limit'] or 'none'}; {s['postgres_version'] or 'PostgreSQL'} local server on "
                  f"127.0.0.1 (fsync off). {common.loadavg_note(out['clock'])}.")
     lines.append("")
@@ -385,16 +387,17 @@ def markdown(out: dict[str, Any]) -> str:
                                "trials/hour", "per round", "steady-state trials/hour", "median candidate s",
                                "trials per worker", "1-min load at each start"], rows))
     lines.append("")
-    lines.append(f"{s.get('rounds', 1)} round(s), the configurations in alternating order; trials/hour = trained trials / "
-                 "wall time including the workers' start-up (TensorFlow import, data loading); steady state = from "
-                 "the first trial's start to the last trial's end.")
+    lines.append(f"{s.get('rounds', 1)} round(s), the configurations in alternating order; "
+                 "trials/hour = trained trials / wall time including the workers' start-up (TensorFlow import, "
+                 "data loading); steady state = from the first trial's start to the last trial's end.")
     lines.append("")
     o = out["loop_overhead"]
     lines.append(f"Search-loop cost per trial with the candidate's training stubbed out, on a study of generated "
-                 f"records (random points of `mobilenetv3.yaml`, profiled; {o['statuses'].get('rejected', 0)} rejected / "
+                 f"records (random points of `mobilenetv3.yaml`, profiled; "
+                 f"{o['statuses'].get('rejected', 0)} rejected / "
                  f"{o['statuses'].get('trained', 0)} trained at the end, synthetic metrics; generating them took "
-                 f"{o['generated_s']:.0f} s; SQLite file {o['db_bytes'] / 1e6:.1f} MB). Median of {o['rows'][0]['reps']} "
-                 f"trials per cell, ms:")
+                 f"{o['generated_s']:.0f} s; SQLite file {o['db_bytes'] / 1e6:.1f} MB). "
+                 f"Median of {o['rows'][0]['reps']} trials per cell, ms:")
     lines.append("")
     rows = [[f"{r['records']:,}", r["sampler"], r["sampler_ms"], r["profile_ms"], r["storage_and_bookkeeping_ms"],
              r["total_ms"]] for r in o["rows"]]
@@ -431,7 +434,8 @@ def plot(out: dict[str, Any], path: Path) -> bool:
     rows = out["loop_overhead"]["rows"]
     for name, c in (("tpe", "tab:blue"), ("random", "tab:orange")):
         mine = [r for r in rows if r["sampler"] == name]
-        ax2.plot([r["records"] for r in mine], [r["total_ms"] for r in mine], marker="o", color=c, label=f"{name}: total")
+        ax2.plot([r["records"] for r in mine], [r["total_ms"] for r in mine], marker="o", color=c,
+                 label=f"{name}: total")
         ax2.plot([r["records"] for r in mine], [r["sampler_ms"] for r in mine], marker=".", ls="--", color=c,
                  label=f"{name}: sampler")
     polls = {r["records"]: r for r in rows if "coordinator_poll_ms" in r}
@@ -501,7 +505,8 @@ def main(argv: list[str] | None = None) -> int:
         overhead = loop_overhead(args, root, dataset)
     out = common.header("scaling", args.quick)
     out["settings"] = {"dataset": dataset, "dataset_label": label, "constraints": common.CONSTRAINTS,
-                       "trials": args.trials, "epochs": args.epochs, "train_limit": train_limit, "fixed_spec": fixed_spec,
+                       "trials": args.trials, "epochs": args.epochs, "train_limit": train_limit,
+                       "fixed_spec": fixed_spec,
                        "sampler": "tpe", "postgres_version": postgres_version(), "sizes": args.sizes,
                        "reps": args.reps, "rounds": args.rounds, "records_are_generated": True}
     out["throughput"] = tp

@@ -74,7 +74,8 @@ def normaliser(target: Any) -> dict[str, float]:
 
 
 def normalised(rec: dict[str, Any], scale: dict[str, float]) -> tuple[float, float, float]:
-    return (1.0 - rec["int8_metric"], rec["memory_bytes"] / scale["memory_bytes"], rec["energy_mj"] / scale["energy_mj"])
+    return (1.0 - rec["int8_metric"], rec["memory_bytes"] / scale["memory_bytes"],
+            rec["energy_mj"] / scale["energy_mj"])
 
 
 def hv_of(recs: list[dict[str, Any]], scale: dict[str, float]) -> float:
@@ -195,8 +196,10 @@ def aggregate(runs: list[dict[str, Any]], trials: int) -> dict[str, Any]:
             "seeds": [r["seed"] for r in mine], "final_hypervolume": finals,
             "final_hypervolume_mean": round(sum(finals) / len(finals), 6), "curve": curve,
             "best_int8_accuracy": bests,
-            "trained": sum(r["summary"]["trained"] for r in mine), "feasible": sum(r["summary"]["feasible"] for r in mine),
-            "failed": sum(r["summary"]["failed"] for r in mine), "rejected": sum(r["summary"]["rejected"] for r in mine),
+            "trained": sum(r["summary"]["trained"] for r in mine),
+            "feasible": sum(r["summary"]["feasible"] for r in mine),
+            "failed": sum(r["summary"]["failed"] for r in mine),
+            "rejected": sum(r["summary"]["rejected"] for r in mine),
             "trained_infeasible": sum(r["time"]["trained_infeasible_count"] for r in mine),
             "wall_s": round(walls, 1),
             "rejected_s": round(sum(r["time"]["rejected_s"] for r in mine), 4),
@@ -242,10 +245,12 @@ def markdown(out: dict[str, Any]) -> str:
         rows.append(row)
     lines.append(common.table(["k", *agg], rows))
     lines.append("")
-    lines.append("Per trained candidate, median seconds (nas.tf.candidate.evaluate's timings; float_train = float epochs before QAT, 0 here: the search's recipe "
+    lines.append("Per trained candidate, median seconds (nas.tf.candidate.evaluate's timings; "
+                 "float_train = float epochs before QAT, 0 here: the search's recipe "
                  "is INT8 QAT from scratch; qat_train = the QAT epochs; "
-                 "loop = trial time outside evaluate: sampling, profile, storage, bookkeeping, over every trial but a worker's "
-                 "first; first trial = the same for a worker's first trial, which also imports TensorFlow):")
+                 "loop = trial time outside evaluate: sampling, profile, storage, bookkeeping, "
+                 "over every trial but a worker's first; first trial = the same for a worker's first trial, "
+                 "which also imports TensorFlow):")
     lines.append("")
     rows = []
     for phase in ("data", "build", "float_train", "qat_train", "convert", "evaluate", "measure", "candidate_total",
@@ -254,18 +259,21 @@ def markdown(out: dict[str, Any]) -> str:
         rows.append([phase, *[common.fmt(agg[n]["breakdown"].get(phase), 2) for n in agg]])
     lines.append(common.table(["phase", *[f"{n} (n={agg[n]['breakdown']['candidates']})" for n in agg]], rows))
     lines.append("")
+    rejected_ms = {n: common.median([r["time"]["rejected_median_ms"] for r in out["runs"] if r["sampler"] == n]) or 0
+                   for n in agg}
     lines.append("Infeasible time: no candidate that breaks a limit on paper is trained. A rejected trial costs "
                  "sampling, the analytic profile and the trial's storage writes (median "
-                 + ", ".join(f"{n} {common.median([r['time']['rejected_median_ms'] for r in out['runs'] if r['sampler'] == n]) or 0:.0f} ms"
-                             for n in agg)
-                 + " per rejected trial on SQLite; scaling.md splits this up). A candidate whose estimate is within the cost "
-                 "model's margin of a limit is converted untrained and measured before training (seconds; in a "
+                 + ", ".join(f"{n} {rejected_ms[n]:.0f} ms" for n in agg)
+                 + " per rejected trial on SQLite; scaling.md splits this up). "
+                 "A candidate whose estimate is within the cost model's margin of a limit is converted untrained "
+                 "and measured before training (seconds; in a "
                  "worker's first trial this includes importing TensorFlow), and rejected if it does not fit: the "
                  "time-on-rejected and infeasible-share columns include that. Trained candidates whose measured arena "
                  "or .tflite broke a limit: " + ", ".join(f"{n} {agg[n]['trained_infeasible']}" for n in agg) + ".")
     lines.append("")
-    lines.append(f"Same seed, same start: TPE's first {startup_trials(s['trials'])} trials (rejected ones included) are "
-                 "random draws from the same seed as the random sampler's, so both searches of a seed begin with the "
+    lines.append(f"Same seed, same start: TPE's first {startup_trials(s['trials'])} trials "
+                 "(rejected ones included) are random draws from the same seed as the random sampler's, "
+                 "so both searches of a seed begin with the "
                  "same candidates and diverge after that.")
     return "\n".join(lines)
 
@@ -328,7 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = [f.result() for f in futures]
         for r in runs:
             print(f"{r['sampler']:>6} seed {r['seed']}: HV {r['final_hypervolume']:.4f}, "
-                  f"{r['summary']['feasible']}/{r['summary']['trained']} feasible, {r['summary']['rejected']} rejected, "
+                  f"{r['summary']['feasible']}/{r['summary']['trained']} feasible, "
+                  f"{r['summary']['rejected']} rejected, "
                   f"wall {r['wall_s']:.0f} s", flush=True)
         desc = results.open_run(runs[0]["run_dir"]).dataset_description()
         from nas.budget import Budget

@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from nas.errors import UserError
 
@@ -127,7 +127,7 @@ class _SearchBar:
     """tqdm bar for a search: trials used / budget, feasible vs rejected, the best of each objective, ETA."""
 
     def __init__(self) -> None:
-        self.bar = None
+        self.bar: Any = None  # a tqdm bar once the first summary comes (tqdm ships no type information)
         self.used = 0
 
     def __call__(self, s) -> None:
@@ -310,13 +310,16 @@ def _bundle_summary(bundle: Path) -> list[str]:
     mem, m = meta["memory"], meta["metrics"]
     arena = mem["arena"]
     lines = [f"bundle  {bundle}",
-             f"  {m['name']} INT8 {m['int8']:.4f} (float {m['float']:.4f}); .tflite {mem['measured']['tflite_bytes']:,} B; "
-             f"kTensorArenaSize {arena['kTensorArenaSize']:,} B (measured minimum {arena['measured_minimum_bytes']:,} B "
+             f"  {m['name']} INT8 {m['int8']:.4f} (float {m['float']:.4f}); "
+             f".tflite {mem['measured']['tflite_bytes']:,} B; "
+             f"kTensorArenaSize {arena['kTensorArenaSize']:,} B "
+             f"(measured minimum {arena['measured_minimum_bytes']:,} B "
              f"+ {arena['margin_bytes']:,} B margin)"]
     tgt = meta.get("target")
     if tgt:
         broken = [f"{r['name']} {r['value']:,.4g} > {r['limit']:,.4g}" for r in tgt["limits"] if not r["ok"]]
-        lines.append(f"  target {tgt['name']}: " + ("every limit met" if not broken else "LIMITS BROKEN: " + ", ".join(broken))
+        lines.append(f"  target {tgt['name']}: "
+                     + ("every limit met" if not broken else "LIMITS BROKEN: " + ", ".join(broken))
                      + f"; {tgt['latency_ms']:.3f} ms, {tgt['energy_mj']:.4g} mJ per frame")
     imx = meta.get("imx500")
     if imx and imx.get("status") == "converted":
@@ -325,7 +328,8 @@ def _bundle_summary(bundle: Path) -> list[str]:
                      f"{rep['available_bytes']:,} B, Fit In Chip: {rep['fit_in_chip']} (our estimate "
                      f"{imx['estimated_onchip_bytes']:,} B)")
     elif imx:
-        lines.append(f"  IMX500 part not added ({imx['reason']}): run `nas imx500 setup`, then export again with --force")
+        lines.append(f"  IMX500 part not added ({imx['reason']}): run `nas imx500 setup`, "
+                     "then export again with --force")
     return lines
 
 
@@ -418,7 +422,8 @@ def _add_export_parsers(sub) -> None:
                          "run), on (required), off")
     ex.add_argument("--imx500-venv", help="the converter's environment (default $TINYNAS_IMX500_VENV or "
                                           "~/.cache/tinynas/imx500-venv)")
-    ex.add_argument("--samples", type=int, default=8, help="test inputs stored with their outputs for nas verify (default 8)")
+    ex.add_argument("--samples", type=int, default=8,
+                    help="test inputs stored with their outputs for nas verify (default 8)")
     ex.add_argument("--json", action="store_true", help="print the bundles' metadata as JSON")
     ex.set_defaults(func=cmd_export)
 
@@ -436,7 +441,8 @@ def _add_export_parsers(sub) -> None:
                                    "MCT 2.5) and check it"),
                          ("check", "check the converter venv and Java 17; exit 1 with the problems if not ready")):
         a = isub.add_parser(action, help=text)
-        a.add_argument("--venv", help="environment folder (default $TINYNAS_IMX500_VENV or ~/.cache/tinynas/imx500-venv)")
+        a.add_argument("--venv", help="environment folder (default $TINYNAS_IMX500_VENV or "
+                                      "~/.cache/tinynas/imx500-venv)")
         if action == "setup":
             a.add_argument("--python", help="Python 3.10/3.11 interpreter for the venv (default python3.11)")
         a.add_argument("--json", action="store_true", help="print the status as JSON")
@@ -490,7 +496,7 @@ def _add_app_parser(sub) -> None:
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage mistake is one line (what is wrong, a did-you-mean, where to look) and exit 2."""
 
-    def error(self, message: str) -> None:  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         from nas.errors import did_you_mean
 
         hint = ""
@@ -509,7 +515,7 @@ class _Parser(argparse.ArgumentParser):
         self.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> _Parser:
     p = _Parser(
         prog="nas", description="Hardware-aware NAS and INT8 compression for tiny vision models.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
@@ -547,7 +553,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", action="store_true", help="print the metrics as one JSON object")
     tr.set_defaults(func=cmd_train)
 
-    ev = sub.add_parser("evaluate", help="evaluate an INT8 .tflite (or a folder holding model_int8.tflite) on a data set")
+    ev = sub.add_parser("evaluate",
+                        help="evaluate an INT8 .tflite (or a folder holding model_int8.tflite) on a data set")
     ev.add_argument("model", help="a .tflite file or a folder with model_int8.tflite")
     ev.add_argument("--dataset", required=True, help="mnist, faces, gaze-synthetic, or a folder")
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],

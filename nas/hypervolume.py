@@ -18,21 +18,21 @@ def hypervolume(points: Any, ref: Sequence[float]) -> float:
     (O(n^2 log n): fronts here have tens of points).
     """
     pts = np.asarray(points, dtype=float).reshape(-1, len(ref))
-    ref = np.asarray(ref, dtype=float)
-    pts = pts[np.all(pts < ref, axis=1)] if len(pts) else pts
+    ref_arr = np.asarray(ref, dtype=float)
+    pts = pts[np.all(pts < ref_arr, axis=1)] if len(pts) else pts
     if len(pts) == 0:
         return 0.0
-    if len(ref) == 2:
-        return _area_2d(pts, ref)
-    if len(ref) != 3:
+    if len(ref_arr) == 2:
+        return _area_2d(pts, ref_arr)
+    if len(ref_arr) != 3:
         raise ValueError("hypervolume: 2 or 3 objectives")
     pts = pts[np.argsort(pts[:, 0], kind="stable")]
     total = 0.0
     for i in range(len(pts)):
-        x_next = pts[i + 1, 0] if i + 1 < len(pts) else ref[0]
+        x_next = pts[i + 1, 0] if i + 1 < len(pts) else ref_arr[0]
         width = x_next - pts[i, 0]
         if width > 0:
-            total += width * _area_2d(pts[: i + 1, 1:], ref[1:])
+            total += width * _area_2d(pts[: i + 1, 1:], ref_arr[1:])
     return float(total)
 
 

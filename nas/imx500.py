@@ -282,8 +282,8 @@ def setup(venv: str | Path | None = None, *, python: str | None = None,
     with open(log_path, "w") as fh:
         fh.write("$ " + " ".join(pip) + "\n")
         fh.flush()
-        res = subprocess.run(pip, stdout=fh, stderr=subprocess.STDOUT, env=_clean_env(v))
-    if res.returncode != 0:
+        installed = subprocess.run(pip, stdout=fh, stderr=subprocess.STDOUT, env=_clean_env(v))
+    if installed.returncode != 0:
         raise Imx500Error(f"pip install into {v} failed ({_last_error_line(log_path.read_text())}); see {log_path}")
     say(f"installed in {time.perf_counter() - t0:.0f} s; checking")
     return check(v)
@@ -424,7 +424,9 @@ def convert(spec_string: str, weights: Mapping[str, Any], representative: Any, c
     out_dir = Path(out_dir)
     work = out_dir / "work"
     work.mkdir(parents=True, exist_ok=True)
-    np.savez(work / "weights.npz", **{k: np.asarray(a) for k, a in weights.items()})
+    # Any: mypy would also match a ``**dict[str, ndarray]`` against savez's ``allow_pickle: bool``.
+    arrays: dict[str, Any] = {k: np.asarray(a) for k, a in weights.items()}
+    np.savez(work / "weights.npz", **arrays)
     np.save(work / "representative.npy", np.asarray(representative, dtype=np.float32))
     np.save(work / "check.npy", np.asarray(check_inputs, dtype=np.float32))
     job = {"spec": spec_string, "weights": str(work / "weights.npz"),
@@ -434,7 +436,7 @@ def convert(spec_string: str, weights: Mapping[str, Any], representative: Any, c
     with worker_command(v, work / "job.json") as (cmd, env):
         timings = {"mct": _run_logged(cmd, out_dir / "mct.log", env, work, "MCT quantization (nas/imx500_worker.py)")}
     conv_dir = out_dir / "converter"
-    timings["imxconv"] = _run_logged([venv_imxconv(v), "-i", work / "model.keras", "-o", conv_dir,
+    timings["imxconv"] = _run_logged([str(venv_imxconv(v)), "-i", str(work / "model.keras"), "-o", str(conv_dir),
                                       "--overwrite-output", "--report-size-unit", "B"],
                                      out_dir / "imxconv.log", _clean_env(v), work, "imxconv-tf")
     packer = conv_dir / PACKER

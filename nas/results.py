@@ -285,14 +285,21 @@ def summarize(records: Sequence[TrialRecord], budget: int, metric_name: str, hig
 
 def pareto_front(records: Iterable[TrialRecord], higher_is_better: bool) -> list[TrialRecord]:
     """The Pareto-optimal *feasible* trained trials (metric, measured memory, energy), best metric first."""
+    sign = -1.0 if higher_is_better else 1.0
+
+    def point(r: TrialRecord) -> tuple[float, int, float]:
+        """The minimised objectives of one of ``rows``, every one known."""
+        metric, memory, energy = r.objectives()
+        assert metric is not None and memory is not None and energy is not None
+        return sign * metric, memory, energy
+
     rows = [r for r in records if r.feasible and None not in r.objectives()]
     if not rows:
         return []
-    sign = -1.0 if higher_is_better else 1.0
-    pts = np.array([[sign * r.int8_metric, r.memory_bytes, r.energy_mj] for r in rows], dtype=float)
+    pts = np.array([point(r) for r in rows], dtype=float)
     mask = pareto_mask(pts)
     front = [r for r, keep in zip(rows, mask) if keep]
-    return sorted(front, key=lambda r: (sign * r.int8_metric, r.memory_bytes, r.energy_mj, r.number))
+    return sorted(front, key=lambda r: (*point(r), r.number))
 
 
 def _load_study(url: str, name: str, source: str) -> Any:

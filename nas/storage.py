@@ -2,8 +2,9 @@
 
 Why here: the search's workers, ``nas pareto`` and the app each opened ``RDBStorage`` with their own engine
 settings, and a few places reached into private Optuna attributes (``study._storage``, ``trial._trial_id``,
-``summary._study_id``, ``optuna.storages._rdb.models``, ``TPESampler._n_startup_trials``). Those are not Optuna's public API and change between
-releases, so every such use lives in this module and nowhere else; an Optuna upgrade is checked here.
+``summary._study_id``, ``optuna.storages._rdb.models``, ``TPESampler._n_startup_trials``). Those are not
+Optuna's public API and change between releases, so every such use lives in this module and nowhere else; an
+Optuna upgrade is checked here.
 """
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def insert_trials(url: str, study_name: str, trials: Sequence[Any]) -> None:
                 models.StudyModel.study_name == study_name)).scalar_one()
             next_id = (conn.execute(sa.select(sa.func.max(models.TrialModel.trial_id))).scalar() or 0) + 1
             number = conn.execute(sa.select(sa.func.count()).select_from(models.TrialModel).where(
-                models.TrialModel.study_id == sid)).scalar()
+                models.TrialModel.study_id == sid)).scalar_one()
             rows: dict[str, list[dict[str, Any]]] = {"trials": [], "values": [], "params": [], "user": [], "system": []}
             now = time.time()
             for i, t in enumerate(trials):

@@ -126,7 +126,7 @@ def _allocation_report(data: bytes, n_inputs: int, arena_size: int) -> dict[str,
             interp.print_allocations()
     except RuntimeError as e:
         return {"status": "error", "message": f"TFLM failed to run the model: {_one_line(str(e))}"}
-    except Exception as e:  # the wrapper's own parsing (struct.error, ...) on a subtly broken file
+    except Exception as e:  # noqa: BLE001 - the wrapper's own parsing raises arbitrary errors on a broken file
         return {"status": "error", "message": f"TFLM rejected the model ({type(e).__name__}: {e})"}
     return {"status": "ok", "log": cap.text}
 
@@ -157,7 +157,9 @@ class ArenaProber:
     def _reap(self) -> int:
         """Close the child's pipes (its loop ends on EOF) and wait for it; its exit status."""
         child, self._child = self._child, None
+        assert child is not None, "_reap without a child"
         for pipe in (child.stdin, child.stdout):
+            assert pipe is not None  # _start pipes both
             try:
                 pipe.close()
             except BrokenPipeError:  # stdin's buffer could not be flushed into a dead child
@@ -177,6 +179,7 @@ class ArenaProber:
             self._model.write(self._data)
             self._model.flush()
             self._errors = tempfile.TemporaryFile()
+        assert self._errors is not None  # created together with the model file
         self._errors.seek(0)
         self._errors.truncate()
         # The child gets this process's sys.path (as multiprocessing's spawn does), so it imports this very
@@ -189,10 +192,12 @@ class ArenaProber:
     def _ask(self, request: str, arena_size: int) -> dict[str, str]:
         if self._child is None:
             self._child = self._start()
+        stdin, stdout = self._child.stdin, self._child.stdout
+        assert stdin is not None and stdout is not None  # _start pipes both
         try:
-            self._child.stdin.write(f"{request} {arena_size}\n")
-            self._child.stdin.flush()
-            line = self._child.stdout.readline()
+            stdin.write(f"{request} {arena_size}\n")
+            stdin.flush()
+            line = stdout.readline()
         except BrokenPipeError:
             line = ""
         if line:
@@ -202,6 +207,7 @@ class ArenaProber:
             self.crashes += 1
             log.debug("TFLM child died with %s on an arena of %d bytes", signal.Signals(-code).name, arena_size)
             return {"status": "no-fit", "log": f"TFLM crashed ({signal.Signals(-code).name})"}
+        assert self._errors is not None  # a child ran, so _start created it
         self._errors.seek(0)
         tail = self._errors.read().decode("utf-8", "replace").strip().splitlines()[-3:]
         raise RuntimeError(f"the TFLM child process exited with {code}: {' | '.join(tail) or 'no message'}")

@@ -156,7 +156,8 @@ def test_coordinator_never_imports_tensorflow(tmp_path):
     code = (
         "import sys\n"
         "from nas import search, results\n"
-        f"req = search.SearchRequest(constraints='imx500.yaml', dataset='gaze-synthetic', run_dir={str(tmp_path / 'r')!r})\n"
+        "req = search.SearchRequest(constraints='imx500.yaml', dataset='gaze-synthetic', "
+        f"run_dir={str(tmp_path / 'r')!r})\n"
         "run_dir = search.create_run(req)\n"
         "print(results.open_run(run_dir).summary())\n"
         "assert not [m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tf_keras', 'keras')], 'TF imported'\n"

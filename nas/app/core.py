@@ -110,9 +110,9 @@ def is_url(text: str) -> bool:
 def _first_line(e: BaseException) -> str:
     """``Type: first line`` of the innermost cause (Optuna wraps driver errors in a vague StorageInternalError)."""
     seen = set()
-    while (e.__cause__ or e.__context__) is not None and id(e) not in seen:
+    while (inner := e.__cause__ or e.__context__) is not None and id(e) not in seen:
         seen.add(id(e))
-        e = e.__cause__ or e.__context__  # type: ignore[assignment]
+        e = inner
     text = [line for line in str(e).strip().splitlines() if line.strip()]
     if text and text[0].startswith("(") and ")" in text[0]:  # SQLAlchemy's "(psycopg2.OperationalError) ..."
         text[0] = text[0].split(")", 1)[1].strip() or text[0]
@@ -302,7 +302,8 @@ def trial_frame(loaded: Loaded, target: Any = None) -> pd.DataFrame:
     if target is None:
         memory = np.where(trained & ~np.isnan(measured), measured, estimated)
         basis = np.where(trained & ~np.isnan(measured), "measured", "estimated")
-        flash = np.where(trained, _floats([r.tflite_bytes for r in recs]), _floats([r.estimated_flash_bytes for r in recs]))
+        flash = np.where(trained, _floats([r.tflite_bytes for r in recs]),
+                         _floats([r.estimated_flash_bytes for r in recs]))
         df["latency_ms"] = _floats([r.latency_ms for r in recs])
         df["energy_mj"] = _floats([r.energy_mj for r in recs])
         fits = np.array([not r.violations and r.status not in ("running",) and r.macs is not None for r in recs],

@@ -91,8 +91,8 @@ def serve(source: str, port: int | None = None, *, log: Path | None = None, time
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-        if log:
-            out.close()  # type: ignore[union-attr]
+        if not isinstance(out, int):  # our log file, not subprocess.DEVNULL
+            out.close()
 
 
 def chromium_command(chromium: str, url: str, *, screenshot: Path | None = None, dump_dom: bool = False,
@@ -211,10 +211,12 @@ class DevTools:
         cmd = [self.chromium, *FLAGS, f"--user-data-dir={Path(self._tmp.name) / 'profile'}",
                f"--window-size={self.size[0]},{self.size[1]}", "--remote-debugging-port=0", "about:blank"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        stderr = self.proc.stderr
+        assert stderr is not None  # piped above
         try:
             ws_url = None
             while ws_url is None:
-                line = self.proc.stderr.readline().decode("utf-8", "replace")  # type: ignore[union-attr]
+                line = stderr.readline().decode("utf-8", "replace")
                 if not line and self.proc.poll() is not None:
                     raise RuntimeError(f"chromium exited with status {self.proc.returncode} before DevTools started")
                 m = re.search(r"DevTools listening on (ws://\S+)", line)

@@ -17,7 +17,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Literal, Sequence
 
 from nas import results, rundir
 from nas.errors import UserError
@@ -203,7 +203,8 @@ def _session(command: Sequence[str], workers: int, trials: int, first_trial: int
             "workers": workers, "trials": trials, "first_trial": first_trial}
 
 
-def _create_study(url: str, name: str, run_id: str, run_dir: Path, directions: list[str]) -> None:
+def _create_study(url: str, name: str, run_id: str, run_dir: Path,
+                  directions: Sequence[Literal["minimize", "maximize"]]) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -349,7 +350,11 @@ def execute(run_dir: str | Path, *, workers: int = 1, storage: str | None = None
             for k, p in enumerate(procs):
                 if p.returncode is not None and k not in done:
                     done.add(k)
-                    tolerate(lambda p=p: fail_orphans(run.study(), pid_alive, {p.pid}))
+
+                    def fail_its_trials(pid: int = p.pid) -> None:
+                        fail_orphans(run.study(), pid_alive, {pid})
+
+                    tolerate(fail_its_trials)
                     log_file = logs / f"worker-{session}-{k}.log"
                     if p.returncode == EXIT_DISK_FULL:
                         errors.append(f"worker {k} stopped: the disk of {run.path} is full (exit status "

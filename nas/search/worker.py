@@ -185,7 +185,8 @@ class Worker:
             raise
         except Exception as e:
             trial.set_user_attr(rundir.ATTR_STATUS, TrialStatus.INTERRUPTED)
-            trial.set_user_attr(rundir.ATTR_REASON, ("disk full: " if disk_full(e) else BUG_MARK) + first_line(e, with_type=True))
+            trial.set_user_attr(rundir.ATTR_REASON,
+                                ("disk full: " if disk_full(e) else BUG_MARK) + first_line(e, with_type=True))
             raise
         for c in measured_checks(estimate, metrics, self.target):
             trial.set_constraint(c.name, violation(c))
@@ -224,7 +225,9 @@ class Worker:
         """Train with the training step; the default one is the only place that reaches TensorFlow."""
         step = self.train_step
         if step is None:
-            from nas.tf.candidate import evaluate as step
+            from nas.tf.candidate import evaluate
+
+            step = evaluate
         metrics = step(spec, self.config.dataset, self.full_budget(trial.study), files.path,
                        seed=int(self.config.seed), target=self.target)
         return json.loads(json.dumps(metrics, default=jsonable))

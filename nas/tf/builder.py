@@ -12,6 +12,8 @@ block position, so weights saved from one build load into another build of the s
 """
 from __future__ import annotations
 
+from typing import Any
+
 import nas  # noqa: F401  - sets TF_USE_LEGACY_KERAS before TensorFlow loads
 
 import tensorflow as tf
@@ -22,6 +24,8 @@ from nas import topology
 from nas.spec import ArchSpec
 
 _qk = tfmot.quantization.keras
+# A name mypy can take as a base class (an attribute of the ``_qk`` variable it cannot; tfmot has no stubs).
+_QuantizeConfig: Any = _qk.QuantizeConfig
 
 
 class HardSigmoid(keras.layers.Layer):
@@ -60,7 +64,7 @@ class Scale(keras.layers.Layer):
         return {**super().get_config(), "scale": self.scale}
 
 
-class OutputOnlyQuantizeConfig(_qk.QuantizeConfig):
+class OutputOnlyQuantizeConfig(_QuantizeConfig):
     """Fake-quantize the layer's output only: the layers above hold no weights and their inner float ops
     are fused by the converter."""
 
