@@ -195,7 +195,7 @@ def test_memory_report_parsing(tmp_path):
 
 def test_worker_imports_nothing_of_ours_but_the_spec_and_topology():
     """The worker runs under TF 2.15 without tf_keras / tfmot: it may only import nas.spec and nas.topology
-    (and nas.errors), all pure Python."""
+    (and nas.errors, nas.formatting: standard library only), all pure Python."""
     code = ("import sys; sys.argv = ['x']; import runpy; "
             "sys.modules['tensorflow'] = None; sys.modules['tf_keras'] = None; "
             "sys.modules['tensorflow_model_optimization'] = None; "
@@ -203,4 +203,4 @@ def test_worker_imports_nothing_of_ours_but_the_spec_and_topology():
             "print(sorted(m for m in sys.modules if m == 'nas' or m.startswith('nas.')))")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip() == "['nas', 'nas.errors', 'nas.spec', 'nas.topology']"
+    assert res.stdout.strip() == "['nas', 'nas.errors', 'nas.formatting', 'nas.spec', 'nas.topology']"
