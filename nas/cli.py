@@ -14,10 +14,7 @@ from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
 from nas.errors import UserError
-
-
-def _kb(n: float | int | None) -> str:
-    return "-" if n is None else f"{n / 1024:,.1f} KB"
+from nas.formatting import kb
 
 
 def _spec_from_args(args: argparse.Namespace):
@@ -120,7 +117,7 @@ def _progress_text(s) -> str:
     best = "-" if s.best_metric is None else f"{s.best_metric:.4f}"
     energy = "-" if s.best_energy_mj is None else f"{s.best_energy_mj:.3g} mJ"
     return (f"feasible {s.feasible}, rejected {s.rejected}, failed {s.failed}, running {s.running} | best "
-            f"{s.metric_name} {best}, memory {_kb(s.best_memory_bytes)}, energy {energy}")
+            f"{s.metric_name} {best}, memory {kb(s.best_memory_bytes)}, energy {energy}")
 
 
 class _SearchBar:
@@ -233,7 +230,7 @@ def cmd_search(args: argparse.Namespace) -> int:
           f"training (never trained), {s.failed} failed, {s.interrupted} interrupted; "
           f"training time {results.format_duration(s.train_seconds)}")
     if s.best_metric is not None:
-        print(f"  best {s.metric_name} {s.best_metric:.4f}; smallest memory {_kb(s.best_memory_bytes)}; lowest "
+        print(f"  best {s.metric_name} {s.best_metric:.4f}; smallest memory {kb(s.best_memory_bytes)}; lowest "
               f"energy {s.best_energy_mj:.4g} mJ; {s.pareto} Pareto-optimal trial(s)")
     if outcome.stopped and not outcome.failed_in_a_row:
         print(f"  {outcome.stopped}")

@@ -143,7 +143,7 @@ def list_studies(url: str) -> list[str]:
     storage = _storage(url)
     try:
         return [s.study_name for s in sorted(storage.get_all_studies(), key=study_order)]
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - any failure to read the storage is shown in the page, not as a traceback
         raise AppError(f"Cannot read the studies in {results.redact(url)} (is it an Optuna storage, and is the "
                        f"database reachable?): {_first_line(e)}") from None
     finally:
@@ -199,7 +199,7 @@ def _open_run(path: Path, storage: str | None) -> results.Run:
 def _from_run(run: results.Run, source: str, studies: list[str]) -> Loaded:
     try:
         records = run.trials()
-    except Exception as e:  # noqa: BLE001
+    except Exception as e:  # noqa: BLE001 - a broken study record is shown in the page, not as a traceback
         raise AppError(f"{run.path}: cannot read the trials of study {run.study_name} ({_first_line(e)})") from None
     name, higher = run.metric
     cfg = run.config
@@ -222,7 +222,7 @@ def _load_from_storage(url: str, study: str | None, source: str) -> Loaded:
         try:
             st = optuna.load_study(study_name=name, storage=storage)
             run_dir = st.user_attrs.get(rundir.STUDY_RUN_DIR_ATTR)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - driver / connection errors are shown in the page
             raise AppError(f"Cannot read study '{name}' in {results.redact(url)}: {_first_line(e)}") from None
         if run_dir and (Path(run_dir) / rundir.RUN_FILE).is_file():
             run = _open_run(Path(run_dir), url)
@@ -233,7 +233,7 @@ def _load_from_storage(url: str, study: str | None, source: str) -> Loaded:
             trials = sorted(st.get_trials(deepcopy=False), key=lambda t: t.number)
             records = [results.record_from_trial(t) for t in trials]
             higher = st.directions[0].name == "MAXIMIZE"
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:  # noqa: BLE001 - a broken study record is shown in the page, not as a traceback
             raise AppError(f"Cannot read the trials of study '{name}' in {results.redact(url)}: "
                            f"{_first_line(e)}") from None
     finally:

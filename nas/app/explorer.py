@@ -26,6 +26,7 @@ import pandas as pd
 import streamlit as st
 
 from nas.app import core, figures
+from nas.formatting import kb
 
 ENV_SOURCE = "TINYNAS_APP_SOURCE"
 ENV_STORAGE = "TINYNAS_APP_STORAGE"
@@ -131,10 +132,6 @@ def _mtime(path: str | None) -> float:
         return os.path.getmtime(path) if path else 0.0
     except OSError:
         return 0.0
-
-
-def _kb(v: Any) -> str:
-    return "-" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v / 1024:,.1f} KB"
 
 
 def take_selection(key: str, event: Any) -> None:
@@ -297,17 +294,17 @@ def trial_page(loaded: core.Loaded, df: pd.DataFrame, view: pd.DataFrame, target
         c[0].metric(f"INT8 {name}", "-" if int8 is None else f"{int8:.4f}", delta=delta, delta_color="off")
         c[1].metric(f"float {name}", "-" if rec.float_metric is None else f"{rec.float_metric:.4f}")
         est = rec.estimated_memory_bytes
-        c[2].metric("peak memory (measured)", _kb(row["memory_kb"] * 1024),
-                    delta=None if est is None else f"estimated {_kb(est)}", delta_color="off",
+        c[2].metric("peak memory (measured)", kb(row["memory_kb"] * 1024),
+                    delta=None if est is None else f"estimated {kb(est)}", delta_color="off",
                     help="TFLM arena of the converted INT8 model (IMX500: its memory model) vs the analytic estimate")
-        c[3].metric(".tflite (flash)", _kb(rec.tflite_bytes),
-                    delta=None if rec.estimated_flash_bytes is None else f"estimated {_kb(rec.estimated_flash_bytes)}",
+        c[3].metric(".tflite (flash)", kb(rec.tflite_bytes),
+                    delta=None if rec.estimated_flash_bytes is None else f"estimated {kb(rec.estimated_flash_bytes)}",
                     delta_color="off")
     else:
         c[0].metric("status", rec.status)
         c[1].metric(f"INT8 {name}", "-")
-        c[2].metric("peak memory (estimated)", _kb(row["memory_kb"] * 1024))
-        c[3].metric("flash (estimated)", _kb(rec.estimated_flash_bytes))
+        c[2].metric("peak memory (estimated)", kb(row["memory_kb"] * 1024))
+        c[3].metric("flash (estimated)", kb(rec.estimated_flash_bytes))
     c[4].metric("latency", "-" if np.isnan(row["latency_ms"]) else f"{row['latency_ms']:,.2f} ms",
                 delta=None if rec.macs is None else f"{rec.macs / 1e6:,.2f} M MACs", delta_color="off")
     c[5].metric("energy", "-" if np.isnan(row["energy_mj"]) else f"{row['energy_mj']:.4g} mJ",
