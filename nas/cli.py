@@ -183,6 +183,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         run_dir = search.resume_run(args.resume, trials=args.trials, workers=args.workers, storage=args.storage,
                                     command=command, max_consecutive_failures=args.max_consecutive_failures)
         run = results.open_run(run_dir, args.storage)
+        plan = search.plan_workers(args.workers, run.budget - run.summary().used)
         print(f"Resuming {run_dir}")
     else:
         if not args.constraints:
@@ -200,14 +201,14 @@ def cmd_search(args: argparse.Namespace) -> int:
         run = results.open_run(run_dir, args.storage)
         cfg = run.config
         budget = cfg.budget
-        plan = search.plan_workers(req.workers, req.trials)
+        plan = search.plan_workers(req.workers, run.budget)  # a new run: every candidate is still to train
         print(f"Run directory: {run_dir}")
         print(f"  data {cfg.dataset}, space {cfg.space['name']}, target "
               f"{cfg.target['name']}; {req.trials} candidates to train ({budget['epochs']} QAT epochs"
               + (f", {budget['train_limit']} training samples" if budget.get("train_limit") else "")
               + (f", learning rate {budget['learning_rate']:g}" if budget.get("learning_rate") else "")
               + f"), sampler {req.sampler}, {plan.workers} worker(s)")
-    for note in search.plan_workers(args.workers, run.budget - run.summary().used).notes():
+    for note in plan.notes():
         print(f"nas search: warning: {note}", file=sys.stderr)
     bar = _SearchBar() if sys.stderr.isatty() else _SearchLog()
     try:

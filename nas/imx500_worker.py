@@ -37,6 +37,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from nas import topology
+from nas.formatting import first_line
 from nas.spec import ArchSpec, parse_spec_string
 
 WORKER_FILE = "worker.json"
@@ -170,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         import traceback
 
         traceback.print_exc()
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        print(f"imx500 worker failed: {type(e).__name__}: {first}", file=sys.stderr)
+        print(f"imx500 worker failed: {first_line(e, with_type=True)}", file=sys.stderr)
         return 1
     (Path(job["out_dir"]) / WORKER_FILE).write_text(json.dumps(result, indent=1))
     return 0

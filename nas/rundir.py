@@ -67,10 +67,11 @@ CLAIMED = "training"
 DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
 
 
-class TrialStatus(enum.StrEnum):
+class TrialStatus(str, enum.Enum):
     """What a trial is, from its Optuna state and the status the worker recorded (see :mod:`nas.results`).
 
-    A ``StrEnum``: members compare equal to the plain strings older runs stored and JSON-encode as them.
+    A ``str`` enum: members compare equal to the plain strings older runs stored, JSON-encode as them and
+    print as them. (``enum.StrEnum`` does the same but needs Python 3.11; the package supports 3.10.)
     """
 
     TRAINED = "trained"
@@ -79,6 +80,12 @@ class TrialStatus(enum.StrEnum):
     INTERRUPTED = "interrupted"
     UNUSED = "unused"
     RUNNING = "running"
+
+    def __str__(self) -> str:  # "trained", not "TrialStatus.TRAINED", in messages and f-strings
+        return str(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(str(self.value), spec)
 
     @property
     def uses_budget(self) -> bool:

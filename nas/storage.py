@@ -78,10 +78,10 @@ def fail_trial(study: Any, trial: Any, attrs: dict[str, Any]) -> None:
     trial finished meanwhile."""
     from optuna.trial import TrialState
 
-    storage = study._storage
+    storage, tid = study._storage, trial_id(trial)
     for key, value in attrs.items():
-        storage.set_trial_user_attr(trial._trial_id, key, value)
-    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+        storage.set_trial_user_attr(tid, key, value)
+    storage.set_trial_state_values(tid, TrialState.FAIL)
 
 
 def insert_trials(url: str, study_name: str, trials: Sequence[Any]) -> None:

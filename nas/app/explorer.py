@@ -112,16 +112,10 @@ def chart(kind: str, source: str, study: str | None, storage: str | None, token:
 
 @st.cache_resource(show_spinner=False)
 def shipped_targets() -> dict[str, str]:
-    from nas.hardware import constraints_dir, shipped_targets as names
+    """Shipped target name -> its file, found the way ``--constraints NAME`` finds it."""
+    from nas.hardware import resolve_target_path, shipped_targets as names
 
-    folder = constraints_dir()
-    out = {}
-    for n in names():
-        for ext in (".yaml", ".yml"):
-            if (folder / (n + ext)).is_file():
-                out[n] = str(folder / (n + ext))
-                break
-    return out
+    return {n: str(resolve_target_path(n)) for n in names()}
 
 
 # --------------------------------------------------------------------------------------------- pieces

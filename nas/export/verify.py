@@ -11,6 +11,7 @@ from nas.export.csource import parse_c_array, parse_header_int
 from nas.export.interpreters import run_tflm
 from nas.export.layout import (C_HEADER, C_SOURCE, CHECKED_FILES, IMX500_DIR, METADATA, SAMPLES, TFLITE, file_sha256,
                                sha256)
+from nas.formatting import first_line
 
 
 class VerifyError(Exception):
@@ -81,7 +82,7 @@ def verify_bundle(bundle: Path | str) -> Verified:
     try:
         got = run_tflm(tflite, arena_size, inputs)
     except RuntimeError as e:
-        raise VerifyError(str(e).splitlines()[0]) from None
+        raise VerifyError(first_line(e)) from None
     expected = expected.reshape(len(expected), -1)
     if got.shape != expected.shape or not np.array_equal(got, expected):
         bad = [i for i in range(len(expected))

@@ -55,8 +55,7 @@ def measure_untrained(spec: ArchSpec, runtime: str) -> dict[str, Any]:
     try:
         m = _measure_spec(spec)
     except Exception as e:
-        raise CandidateError(f"INT8 conversion of the untrained model failed: {type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else ''}") from e
+        raise CandidateError(f"INT8 conversion of the untrained model failed: {first_line(e, with_type=True)}") from e
     return {"measured_memory_bytes": m.memory_bytes(runtime), "tflite_bytes": m.tflite_bytes,
             "tflm_arena_bytes": m.tflm_arena_bytes, "imx500_bytes": m.imx500_bytes,
             "seconds": round(time.perf_counter() - t0, 3)}
