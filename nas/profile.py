@@ -156,10 +156,23 @@ class _Graph:
         s = self.op("MUL", f"{name}_se_gate_mul", (s,), (1, 1, c))      # * 1/6
         return self.op("MUL", f"{name}_se_mul", (t, s), self.shapes[t])
 
+    def basic_residual(self, t: int, b: Block, cout: int, stride: int, name: str) -> int:
+        """ResNet's basic block in :mod:`nas.topology`'s order (conv, conv, projection, ADD): the activation
+        after the add fuses into the ADD (ReLU / ReLU6) or follows it (hard-swish)."""
+        y = self.conv(t, cout, b.kernel, stride, b.act, f"{name}_a")
+        y = self.conv(y, cout, b.kernel, 1, None, f"{name}_b")
+        shortcut = t
+        if stride != 1 or self.shapes[t][-1] != cout:
+            shortcut = self.conv(t, cout, 1, stride, None, f"{name}_proj")
+        x = self.op("ADD", f"{name}_add", (shortcut, y), self.shapes[y])
+        return self.act(x, b.act, f"{name}_add")
+
     def block(self, t: int, spec: ArchSpec, b: Block, stride: int, name: str) -> int:
         cin, cout = self.shapes[t][-1], spec.channels_of(b)
         if b.kind == "cn":
             return self.conv(t, cout, b.kernel, stride, b.act, name)
+        if b.kind == "rb":
+            return self.basic_residual(t, b, cout, stride, name)
         if b.kind == "ds":
             x = self.dw(t, b.kernel, stride, b.act, name)
             if b.se:
@@ -301,6 +314,25 @@ def measure(tflite: bytes) -> Measured:
     constants = sum(t.nbytes for t in graph.main.tensors if t.is_constant)
     return Measured(tflite_bytes=len(tflite), tflm_arena_bytes=tflm.measure_tflm(tflite).arena_bytes,
                     imx500_bytes=constants + arena.plan_arena(arena.buffers_from_graph(graph)))
+
+
+def graph_macs(graph: "arena.GraphInfo") -> int:
+    """MACs of a converted model, counted on its graph the way :func:`estimate` counts them on a spec: so a
+    public reference ``.tflite`` (``shared/models``) and the preset meant to equal it can be compared.
+
+    CONV_2D: output elements x kernel area x input channels (weights are OHWI); DEPTHWISE_CONV_2D: output
+    elements x kernel area; FULLY_CONNECTED: output elements x input features. Other ops count no MACs.
+    """
+    sg = graph.main
+    macs = 0
+    for op in sg.ops:
+        if op.kind not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") or len(op.inputs) < 2:
+            continue
+        out = sg.tensors[op.outputs[0]].elements
+        weight = sg.tensors[op.inputs[1]].shape
+        per_output = weight[1] * weight[2] if op.kind == "DEPTHWISE_CONV_2D" else math.prod(weight[1:])
+        macs += out * per_output
+    return macs
 
 
 def paper_verdict(key: str, value: float, limit: float) -> str:

@@ -17,6 +17,10 @@ Segments are joined by ``-``:
   - ``ds``: depthwise-separable block (MobileNetV1): depthwise k x k, pointwise 1x1;
   - ``ir``: MobileNetV3 inverted residual: 1x1 expansion (skipped when it would not widen),
     depthwise k x k, optional squeeze-excite, linear 1x1 projection, residual when shapes allow;
+  - ``rb``: ResNet basic block (He et al. 2016, as in the MLPerf Tiny ResNet-8): k x k conv + batch norm +
+    activation, k x k conv + batch norm, added to the shortcut, activation. The shortcut is the identity
+    when the stride is 1 and the channels stay the same, else a 1x1 conv with the stride (with bias, no
+    batch norm: the reference's projection). No expansion, no squeeze-excite;
 
   the stride applies to the first repeat only; activations are ``re`` (ReLU), ``r6`` (ReLU6) and
   ``hs`` (hard-swish);
@@ -43,7 +47,9 @@ from nas.formatting import first_line
 
 ACTIVATIONS = {"re": "relu", "r6": "relu6", "hs": "hswish"}
 ACT_TOKENS = {v: k for k, v in ACTIVATIONS.items()}
-BLOCK_KINDS = ("cn", "ds", "ir")
+BLOCK_KINDS = ("cn", "ds", "ir", "rb")
+#: Block kinds without a depthwise conv, so without squeeze-excite.
+DENSE_KINDS = ("cn", "rb")
 HEAD_KINDS = ("classifier", "gaze")
 KERNELS = (1, 3, 5, 7)
 
@@ -63,7 +69,7 @@ def _num(x: float) -> str:
 
 @dataclass(frozen=True)
 class Block:
-    """One stage: ``repeats`` copies of a ``cn`` / ``ds`` / ``ir`` block (stride on the first only)."""
+    """One stage: ``repeats`` copies of a ``cn`` / ``ds`` / ``ir`` / ``rb`` block (stride on the first only)."""
 
     kind: str
     out_channels: int
@@ -94,8 +100,9 @@ class Block:
             raise UserError(src, "se", f"a ratio in [0, 1], got {self.se}")
         if self.kind != "ir" and self.expansion != 1.0:
             raise UserError(src, "expansion", f"only 'ir' blocks expand, '{self.kind}' got {self.expansion}")
-        if self.kind == "cn" and self.se:
-            raise UserError(src, "se", "squeeze-excite needs a depthwise block ('ds' or 'ir')")
+        if self.kind in DENSE_KINDS and self.se:
+            raise UserError(src, "se",
+                            f"squeeze-excite needs a depthwise block ('ds' or 'ir'), '{self.kind}' has none")
 
     def to_string(self) -> str:
         parts = [self.kind, f"r{self.repeats}", f"k{self.kernel}", f"s{self.stride}"]
@@ -361,6 +368,15 @@ _MNV1 = [
     "ds_r1_k3_s1_c1024_r6",
 ]
 
+# ResNet-8 of the MLPerf Tiny Image Classification reference (see PRESETS): a 16-channel 3x3 stem, then
+# three basic blocks of 16, 32 and 64 channels, the last two with stride 2 and a 1x1 projection shortcut.
+_RESNET8 = [
+    "cn_r1_k3_s1_c16_re",
+    "rb_r1_k3_s1_c16_re",
+    "rb_r1_k3_s2_c32_re",
+    "rb_r1_k3_s2_c64_re",
+]
+
 
 def _minimalistic(stages: list[str]) -> list[str]:
     """MobileNetV3 'minimalistic': 3x3 kernels, no squeeze-excite, ReLU everywhere."""
@@ -385,6 +401,11 @@ PRESETS: dict[str, str] = {
     # The released model (128x128x5 input: face RGB + 2 face-grid channels, minimalistic blocks) is the
     # layout followed here; +-20 cm covers GazeCapture's screen coordinates.
     "tinytracker": _preset(128, 3, 1.0, _minimalistic(_MNV3_SMALL), "gaze_g2_c2_h128_o20_re"),
+    # MLPerf Tiny Image Classification reference (mlcommons/tiny, benchmark/training/image_classification/
+    # keras_model.py, resnet_v1_eembc): ResNet-8 on CIFAR-10, 32x32x3, 10 classes. Global average pooling
+    # stands for its AveragePooling2D(8) + Flatten on the 8x8 map (the same numbers; MEAN instead of
+    # AVERAGE_POOL_2D + RESHAPE in the converted graph).
+    "resnet8-cifar": _preset(32, 3, 1.0, _RESNET8, "cls_n10_d0_re"),
 }
 
 

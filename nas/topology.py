@@ -111,11 +111,28 @@ def _squeeze_excite(layers: Layers, x: Tensor, channels: int, ratio: float, name
     return layers.multiply(x, s, f"{name}_se_mul")
 
 
+def _basic_residual(layers: Layers, x: Tensor, block: Block, in_ch: int, out: int, stride: int,
+                    name: str) -> Tensor:
+    """ResNet's basic block in the MLPerf Tiny ResNet-8's layer order (mlcommons/tiny, image_classification/
+    keras_model.py): both k x k convs, then the projection shortcut if the shape changes, add, activation.
+    The order is the converted graph's op order, which decides which tensors TFLM keeps alive together."""
+    y = _conv_bn(layers, x, out, block.kernel, stride, block.act, f"{name}_a")
+    y = _conv_bn(layers, y, out, block.kernel, 1, None, f"{name}_b")
+    shortcut = x
+    if stride != 1 or in_ch != out:
+        # the reference's projection: a plain 1x1 conv with bias, no batch norm
+        shortcut = layers.conv(x, out, 1, stride, "same", True, f"{name}_proj")
+    x = layers.add(shortcut, y, f"{name}_add")
+    return _act(layers, x, block.act, f"{name}_add")
+
+
 def _block(layers: Layers, x: Tensor, spec: ArchSpec, block: Block, in_ch: int, stride: int, name: str) -> Tensor:
-    """One repeat of ``block`` (``cn`` / ``ds`` / ``ir``, see :mod:`nas.spec`)."""
+    """One repeat of ``block`` (``cn`` / ``ds`` / ``ir`` / ``rb``, see :mod:`nas.spec`)."""
     out = spec.channels_of(block)
     if block.kind == "cn":
         return _conv_bn(layers, x, out, block.kernel, stride, block.act, name)
+    if block.kind == "rb":
+        return _basic_residual(layers, x, block, in_ch, out, stride, name)
     if block.kind == "ds":
         x = _dw_bn(layers, x, block.kernel, stride, block.act, name)
         if block.se:

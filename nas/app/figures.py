@@ -233,8 +233,9 @@ def projection(df: pd.DataFrame, x: str, y: str, colour: str, colour_label: str,
 
 # --------------------------------------------------------------------------------------------- one trial
 
-KIND_COLOURS = {"input": "#bab0ac", "cn": "#4c78a8", "ds": "#72b7b2", "ir": "#f58518", "head": "#54a24b"}
-KIND_NAMES = {"cn": "conv", "ds": "dw-separable", "ir": "inv. residual"}
+KIND_COLOURS = {"input": "#bab0ac", "cn": "#4c78a8", "ds": "#72b7b2", "ir": "#f58518", "rb": "#b279a2",
+                "head": "#54a24b"}
+KIND_NAMES = {"cn": "conv", "ds": "dw-separable", "ir": "inv. residual", "rb": "basic residual"}
 ACT_NAMES = {"relu": "ReLU", "relu6": "ReLU6", "hswish": "h-swish"}
 
 
