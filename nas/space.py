@@ -29,7 +29,7 @@ import yaml
 
 from nas import shipped, yamlio
 from nas.errors import UserError, did_you_mean
-from nas.spec import ACT_TOKENS, ACTIVATIONS, BLOCK_KINDS, DENSE_KINDS, KERNELS, ArchSpec, Block, Head
+from nas.spec import ACT_TOKENS, ACTIVATIONS, BLOCK_KINDS, KERNELS, PLAIN_CONV_KINDS, ArchSpec, Block, Head
 
 ENV_SPACES_DIR = "TINYNAS_SPACES_DIR"
 TOP_FIELDS = ("name", "description", "resolution", "width", "stages", "head")
@@ -398,7 +398,7 @@ def _stage(raw: Any, source: str, i: int) -> StageSpace:
 
     if kind != "ir" and raw.get("expansion", 1) not in (1, 1.0, [1], [1.0]):
         raise UserError(source, f"{where}.expansion", f"only 'ir' stages expand; leave it out for '{kind}'")
-    if kind in DENSE_KINDS and raw.get("se", 0) not in (0, 0.0, [0], [0.0]):
+    if kind in PLAIN_CONV_KINDS and raw.get("se", 0) not in (0, 0.0, [0], [0.0]):
         raise UserError(source, f"{where}.se", f"squeeze-excite needs a depthwise stage ('ds' or 'ir'), not '{kind}'")
     return StageSpace(
         name=name, kind=kind,

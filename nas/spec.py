@@ -49,7 +49,7 @@ ACTIVATIONS = {"re": "relu", "r6": "relu6", "hs": "hswish"}
 ACT_TOKENS = {v: k for k, v in ACTIVATIONS.items()}
 BLOCK_KINDS = ("cn", "ds", "ir", "rb")
 #: Block kinds without a depthwise conv, so without squeeze-excite.
-DENSE_KINDS = ("cn", "rb")
+PLAIN_CONV_KINDS = ("cn", "rb")
 HEAD_KINDS = ("classifier", "gaze")
 KERNELS = (1, 3, 5, 7)
 
@@ -100,7 +100,7 @@ class Block:
             raise UserError(src, "se", f"a ratio in [0, 1], got {self.se}")
         if self.kind != "ir" and self.expansion != 1.0:
             raise UserError(src, "expansion", f"only 'ir' blocks expand, '{self.kind}' got {self.expansion}")
-        if self.kind in DENSE_KINDS and self.se:
+        if self.kind in PLAIN_CONV_KINDS and self.se:
             raise UserError(src, "se",
                             f"squeeze-excite needs a depthwise block ('ds' or 'ir'), '{self.kind}' has none")
 
