@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
+from nas.budget import RECIPES
 from nas.errors import UserError
 from nas.formatting import kb
 
@@ -63,10 +64,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     spec = _spec_from_args(args)
     target = load_target(args.constraints) if args.constraints else None
     try:
-        budget = Budget(epochs=args.epochs, float_epochs=args.float_epochs, batch_size=args.batch_size,
-                        learning_rate=args.lr, patience=args.patience, train_limit=args.train_limit)
+        budget = Budget(epochs=args.epochs, qat_epochs=args.qat_epochs, batch_size=args.batch_size,
+                        learning_rate=args.lr, patience=args.patience, train_limit=args.train_limit,
+                        recipe=args.recipe)
     except ValueError as e:
-        raise UserError("command line", "budget", f"positive epochs, batch size and learning rate ({e})") from None
+        raise UserError("command line", "budget", str(e)) from None
     from nas.rundir import TrialFiles
 
     out = Path(args.out)
@@ -74,26 +76,83 @@ def cmd_train(args: argparse.Namespace) -> int:
     if files.finished() and not args.force:
         raise UserError(str(out), "--out", "a new or empty folder (it holds a trained model; add --force to "
                                            "replace it)")
-    verbose = 0 if args.json else (1 if sys.stdout.isatty() else 2)
+    bar = _TrainBar() if sys.stderr.isatty() else _TrainLog()
     try:
-        metrics = evaluate(spec, args.dataset, budget, out, seed=args.seed, target=target, verbose=verbose)
+        metrics = evaluate(spec, args.dataset, budget, out, seed=args.seed, target=target, progress=bar)
     except CandidateError as e:
+        bar.close()
         print(f"nas train: training failed: {e}", file=sys.stderr)
         return 1
+    bar.close()
     if args.json:
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
         return 0
     name = metrics["metric_name"]
+    n_test = metrics["split_counts"]["test"]
     print(f"spec        {metrics['spec']}")
-    print(f"data        {metrics['dataset']} ({metrics['task']})")
-    print(f"{name:<12}float {metrics['float_metric']:.4f}   INT8 {metrics['int8_metric']:.4f}"
-          f"   (delta {metrics['quantization_delta']:+.4f})")
+    print(f"data        {metrics['dataset']} ({metrics['task']}; {metrics['split']})")
+    print(f"training    {metrics['plan_text']}")
+    for a in metrics["attempts"][:-1]:
+        print(f"retried     {a['outcome']} at peak learning rate {a['peak_lr']:.3g}")
+    print(f"{name:<12}INT8 {_with_interval(metrics['int8_metric'], metrics.get('int8_interval'))}, float "
+          f"{_with_interval(metrics['float_metric'], metrics.get('float_interval'))} on the {n_test} test "
+          f"samples (delta {metrics['quantization_delta']:+.4f}); validation float {metrics['val_float_metric']:.4f}")
     print(f"memory      .tflite {metrics['tflite_bytes']:,} B, TFLM arena {metrics['tflm_arena_bytes']:,} B"
           f" (estimated {metrics['estimated_memory_bytes']:,} B)")
     print("time        " + ", ".join(f"{k} {v:.1f}s" for k, v in metrics["timings"].items())
           + f"; total {metrics['seconds']:.1f} s")
     print(f"wrote       {files.tflite}, {files.keras.name}, {files.metrics.name}")
     return 0
+
+
+def _with_interval(value: float, interval: Sequence[float] | None) -> str:
+    """``0.6012 (95% CI 0.5871-0.6150)``: the figure with its Wilson / bootstrap interval when there is one."""
+    return f"{value:.4f}" + (f" (95% CI {interval[0]:.4f}-{interval[1]:.4f})" if interval else "")
+
+
+def _train_progress_text(p) -> str:
+    val = "" if p.val_metric is None else f", val {p.metric_name} {p.val_metric:.4f}"
+    loss = "" if p.loss is None else f" loss {p.loss:.4f}"
+    retry = " (retry at a lower learning rate)" if p.attempt > 1 else ""
+    return f"{p.phase} epoch {p.epoch}/{p.phase_epochs}{loss}{val}{retry}"
+
+
+class _TrainBar:
+    """tqdm bar over a training run's steps (float and QAT phases together), with loss, validation metric, ETA."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None
+        self.attempt = 0
+
+    def __call__(self, p) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None or p.attempt != self.attempt:
+            self.close()
+            self.attempt = p.attempt
+            self.bar = tqdm(total=p.total_steps, unit="step", desc="train", dynamic_ncols=True, file=sys.stderr)
+        self.bar.update(p.step - self.bar.n)
+        self.bar.set_postfix_str(_train_progress_text(p), refresh=False)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class _TrainLog:
+    """Progress for a pipe or a file: one line per epoch, with the elapsed time and the ETA."""
+
+    def __call__(self, p) -> None:
+        if p.val_metric is None:
+            return
+        eta = "" if p.eta_s is None else f", ETA {p.eta_s:.0f} s"
+        print(f"train: {_train_progress_text(p)} | step {p.step}/{p.total_steps}, {p.elapsed_s:.0f} s{eta}",
+              file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        """Nothing to close: every line is complete when written."""
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
@@ -538,10 +597,14 @@ def build_parser() -> _Parser:
     tr.add_argument("--width", type=float, help="override the width multiplier")
     tr.add_argument("--classes", type=int, help=argparse.SUPPRESS)
     tr.add_argument("--dataset", default="mnist", help="mnist (default, embedded), faces, gaze-synthetic, or a folder")
-    tr.add_argument("--epochs", type=int, default=3, help="QAT epochs (default 3)")
-    tr.add_argument("--float-epochs", type=int, default=0, help="float epochs before QAT (default 0)")
-    tr.add_argument("--batch-size", type=int, default=32)
-    tr.add_argument("--lr", type=float, default=5e-3, help="peak learning rate of the cosine schedule")
+    tr.add_argument("--epochs", type=int, default=3, help="training epochs in all, float then QAT (default 3)")
+    tr.add_argument("--qat-epochs", type=int, help="how many of --epochs are QAT (default: the recipe's share, "
+                                                   "20%%, at least 1)")
+    tr.add_argument("--batch-size", type=int, help="default: up to 128, smaller for small data sets")
+    tr.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, scaled to the batch)")
+    tr.add_argument("--recipe", choices=sorted(RECIPES), default="default",
+                    help="training recipe (default: float then QAT; legacy: QAT from the first step, as before "
+                         "issue 18); see docs/training.md")
     tr.add_argument("--patience", type=int, default=3, help="early-stopping patience in epochs")
     tr.add_argument("--train-limit", type=int, help="use at most this many training samples")
     tr.add_argument("--seed", type=int, default=0)

@@ -24,6 +24,11 @@ an image folder
     ``<root>/<class>/**/*.png|jpg|jpeg``, one subfolder per class, classes numbered in alphabetical
     order (what ``tf.keras.utils.image_dataset_from_directory`` does; for ``shared/data/vww96``:
     ``non_person = 0, person = 1``). Other files (``manifest.csv``, READMEs) are ignored.
+a presplit image folder
+    ``<root>/train/<class>/...`` and ``<root>/test/<class>/...`` (optionally ``<root>/val/<class>/...``),
+    as ``shared/data/cifar10``: ``test/`` is the test split as given, read only to report a chosen model;
+    without ``val/`` the validation split is a stratified, seeded ``val_fraction`` of ``train/``
+    (``test_fraction`` does not apply). Classes come from ``train/``.
 a GazeCapture folder
     Recognised when the folder (or one of its subfolders) holds ``dotInfo.json``. The layout, as in the
     official release (github.com/CSAILVision/GazeCapture, README)::
@@ -97,6 +102,7 @@ SYNTHETIC_GAZE_SIZE = 64
 SYNTHETIC_GAZE_SAMPLES = 3000
 SYNTHETIC_GAZE_DATA_SEED = 1234  # the images themselves never change; ``seed`` only moves the split
 AUGMENTS = ("classification", "classification-noflip", "gaze")
+PRESPLIT_FOLDERS = ("train", "val", "test")  # a folder holding these is split by its authors
 _GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _MAX_LISTED = 20  # file names listed in a message / description
 
@@ -375,7 +381,11 @@ def _split_indices(n: int, labels: np.ndarray | None, groups: np.ndarray | None,
     if official is not None and all(np.any(official == k) for k in ("train", "val", "test")):
         if np.all(np.isin(official, ("train", "val", "test"))):
             parts = {k: np.flatnonzero(official == k) for k in ("train", "val", "test")}
-            return "official (info.json Dataset, per subject)", parts
+            how = "official (info.json Dataset, per subject)" if groups is not None else "presplit folders"
+            return how, parts
+    if official is not None and groups is None and np.all(np.isin(official, ("train", "test"))) \
+            and np.any(official == "train") and np.any(official == "test"):
+        return _carve_validation(official, labels, val_fraction, rng)
     if groups is not None:
         uniq = np.unique(groups)
         if len(uniq) >= 3:
@@ -404,6 +414,21 @@ def _split_indices(n: int, labels: np.ndarray | None, groups: np.ndarray | None,
     return ("stratified" if labels is not None else "random") + " (seeded)", parts
 
 
+def _carve_validation(official: np.ndarray, labels: np.ndarray | None, val_fraction: float,
+                      rng: np.random.Generator) -> tuple[str, dict[str, np.ndarray]]:
+    """A ``train/`` + ``test/`` folder: ``test/`` stays the test split untouched, and the validation split
+    is a stratified, seeded ``val_fraction`` of ``train/`` (the search optimises it; the test split only
+    reports a chosen model)."""
+    train_idx, test_idx = np.flatnonzero(official == "train"), np.flatnonzero(official == "test")
+    if len(train_idx) < 2:
+        raise UserError("train/", "", f"at least 2 training images to carve a validation split, found {len(train_idx)}")
+    order = train_idx[_stratified_order(None if labels is None else labels[train_idx], len(train_idx), rng)]
+    n_val = min(max(1, int(round(len(train_idx) * val_fraction))), len(train_idx) - 1) if val_fraction > 0 else 0
+    parts = {"train": rng.permutation(order[n_val:]), "val": rng.permutation(order[:n_val]),
+             "test": rng.permutation(test_idx)}
+    return "presplit folders: test = test/; validation carved from train/ (stratified, seeded)", parts
+
+
 # --------------------------------------------------------------------------------------------------
 # Folders: image classes or GazeCapture
 
@@ -420,7 +445,47 @@ def _folder_source(root: Path) -> _Source:
     subjects = [d for d in subdirs if (d / "dotInfo.json").is_file()]
     if subjects:
         return _gazecapture_source(root, subjects)
+    names_ = {d.name for d in subdirs}
+    if names_ <= set(PRESPLIT_FOLDERS) and {"train", "test"} <= names_:
+        return _presplit_source(root, [root / k for k in PRESPLIT_FOLDERS if k in names_])
     return _image_folder_source(root, subdirs)
+
+
+def _presplit_source(root: Path, split_dirs: list[Path]) -> _Source:
+    """``root/train/<class>/...`` and ``root/test/<class>/...`` (``val/`` optional): the splits the data's
+    authors made. Classes come from ``train/`` (alphabetical); ``val/`` and ``test/`` may hold only those."""
+    train = split_dirs[0]
+    classes = sorted(d.name for d in train.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if len(classes) < 2:
+        raise UserError(str(train), "", f"at least two class subfolders; found {len(classes)}")
+    files: list[Path] = []
+    labels: list[int] = []
+    official: list[str] = []
+    class_dirs: list[Path] = []
+    for split in split_dirs:
+        here = sorted(d for d in split.iterdir() if d.is_dir() and not d.name.startswith("."))
+        unknown = [d.name for d in here if d.name not in classes]
+        if unknown:
+            raise UserError(str(split), "", f"only the classes of {train.name}/ ({', '.join(classes)}); found "
+                                            f"{', '.join(unknown)}")
+        for d in here:
+            mine = _image_files(d)
+            files += mine
+            labels += [classes.index(d.name)] * len(mine)
+            official += [split.name] * len(mine)
+            class_dirs.append(d)
+    for split in split_dirs:
+        if split.name not in official:
+            raise UserError(str(split), "", "PNG/JPEG images in class subfolders; this split folder has none")
+    labels_arr = np.asarray(labels, np.int32)
+
+    def materialize(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+        x, kept, extra = _read_images(root, [files[i] for i in idx], class_dirs)
+        return x, labels_arr[idx][kept], kept, extra
+
+    return _Source(task="classification", count=len(files), labels=labels_arr, class_names=tuple(classes),
+                   materialize=materialize, info={"source": str(root.resolve())}, augment="classification",
+                   official=np.asarray(official))
 
 
 def _image_files(folder: Path) -> list[Path]:

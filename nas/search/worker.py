@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import dataclasses
 import errno
 import importlib
 import json
@@ -237,9 +236,8 @@ class Worker:
         keeps every field even if the defaults of a later version differ."""
         recorded = study.user_attrs.get(rundir.BUDGET_ATTR)
         if recorded:
-            fields = {f.name for f in dataclasses.fields(Budget)}
-            return Budget(**{k: v for k, v in recorded.items() if k in fields})
-        budget = Budget(**{k: v for k, v in self.config.budget.items() if v is not None})
+            return Budget.from_dict(recorded)
+        budget = Budget.from_dict({k: v for k, v in self.config.budget.items() if v is not None})
         study.set_user_attr(rundir.BUDGET_ATTR, budget.to_dict())
         return budget
 

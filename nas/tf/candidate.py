@@ -6,6 +6,7 @@ plain JSON-ready data; no Optuna object comes in and no TensorFlow object goes o
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -21,7 +22,7 @@ from nas import data, profile
 from nas.budget import Budget
 from nas.errors import CandidateError
 from nas.formatting import first_line
-from nas.metrics import metric_value
+from nas.metrics import metric_interval, metric_value
 from nas.rundir import TrialFiles
 from nas.spec import ArchSpec
 from nas.tf import builder, convert, pipeline, train
@@ -68,7 +69,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, seed: int = 0,
-             target=None, verbose: int = 0) -> dict[str, Any]:
+             target=None, verbose: int = 0, progress: train.ProgressFn | None = None) -> dict[str, Any]:
     """Train, convert, evaluate as INT8 and measure one candidate; write its files to ``out_dir``.
 
     Files (:class:`nas.rundir.TrialFiles`): ``model_int8.tflite``, ``model_qat.h5`` (the trained Keras QAT
@@ -81,7 +82,7 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
     spec = train.adapt(spec, ds)
     files.spec.write_text(json.dumps({"spec": spec.to_string(), "arch": spec.to_dict()}, indent=1))
     try:
-        trained = train.train_qat(spec, ds, budget, seed=seed, verbose=verbose)
+        trained = train.train_qat(spec, ds, budget, seed=seed, verbose=verbose, progress=progress)
     except TrainingError as e:
         raise CandidateError(str(e)) from e
     except Exception as e:
@@ -102,7 +103,10 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         trained.model.save(files.keras, include_optimizer=False)
 
     t0 = time.perf_counter()
-    int8_metric = metric_value(ds.task, ds.test.y, convert.predict_int8(tflite, x_test))
+    int8_pred = convert.predict_int8(tflite, x_test)
+    float_pred = trained.model.predict(x_test, verbose=0, batch_size=256)
+    int8_metric = metric_value(ds.task, ds.test.y, int8_pred)
+    float_metric = metric_value(ds.task, ds.test.y, float_pred)
     timings["evaluate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     measured = profile.measure(tflite)
@@ -117,11 +121,19 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         "class_names": list(ds.class_names),
         "metric_name": trained.metric_name,
         "higher_is_better": trained.higher_is_better,
-        "float_metric": trained.float_metric,
-        "pretrain_float_metric": trained.pretrain_float_metric,
+        "float_metric": float_metric,
+        "val_float_metric": trained.val_metric,
+        "pretrain_val_metric": trained.pretrain_val_metric,
         "int8_metric": int8_metric,
-        "quantization_delta": int8_metric - trained.float_metric,
+        "int8_interval": list(metric_interval(ds.task, ds.test.y, int8_pred)),
+        "float_interval": list(metric_interval(ds.task, ds.test.y, float_pred)),
+        "split": ds.description.get("split"),
+        "split_counts": ds.description.get("counts"),
+        "plan_text": trained.plan.describe(),
+        "quantization_delta": int8_metric - float_metric,
         "epochs_run": trained.epochs_run,
+        "plan": dataclasses.asdict(trained.plan),
+        "attempts": trained.attempts,
         "tflite_bytes": measured.tflite_bytes,
         "tflite_sha256": hashlib.sha256(tflite).hexdigest(),  # what a trial's record says its .tflite holds
         "tflm_arena_bytes": measured.tflm_arena_bytes,
@@ -143,5 +155,5 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
     metrics["seconds"] = round(time.perf_counter() - t_start, 3)
     _write_atomic(files.metrics, json.dumps(metrics, indent=1).encode())
     log.info("%s: %s INT8 %.4f (float %.4f), arena %d B, %.1f s", spec.to_string()[:60], trained.metric_name,
-             int8_metric, trained.float_metric, measured.tflm_arena_bytes, metrics["seconds"])
+             int8_metric, float_metric, measured.tflm_arena_bytes, metrics["seconds"])
     return metrics

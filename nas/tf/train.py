@@ -1,42 +1,81 @@
 """INT8 quantization-aware training of a model built from an :class:`~nas.spec.ArchSpec`.
 
-The trainer knows nothing of Optuna: it takes a spec, data and a :class:`Budget` and returns a trained QAT
-model with its figures. Training goes straight to QAT (optionally after a few float epochs): the model that
-is trained is the model that gets converted, so nothing is lost between the numbers and the chip.
+The trainer knows nothing of Optuna: it takes a spec, data and a :class:`~nas.budget.Budget` and returns a
+trained QAT model with its figures. The budget's recipe (:mod:`nas.budget`) says how the epochs are spent;
+the default trains in float first (warm-up, cosine decay, AdamW, label smoothing) and then fine-tunes the
+same weights quantization-aware at a tenth of the learning rate, so the model that is trained last is the
+model that gets converted. The trainer reads the training and validation splits only: the test split is
+for reporting a chosen model, and :mod:`nas.tf.candidate` does that.
+
+A run that collapses (uniform output, validation accuracy at chance) is detected after each epoch,
+retried once from scratch at a quarter of the learning rate and otherwise raised as
+:class:`TrainingError`: a collapsed network is a failed candidate, not a 10% result.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
+import numpy as np
 import tensorflow as tf
 import tf_keras as keras
 
 from nas import data as data_mod
-from nas.budget import Budget
+from nas.budget import Budget, Plan, plan as plan_budget
 from nas.metrics import metric_for as task_metric, metric_value
 from nas.spec import ArchSpec
 from nas.tf import builder, pipeline
 
 log = logging.getLogger(__name__)
 
+RETRY_LR_FACTOR = 0.25         # a collapsed run is retried once at this share of its learning rate
+MIN_STEPS_FOR_COLLAPSE = 50    # an epoch of fewer steps is too short to call a run collapsed
+UNIFORM_LOSS_TOLERANCE = 0.01  # |val loss - ln K| within this share of ln K: the output is uniform
+
 
 class TrainingError(RuntimeError):
-    """Training could not produce a usable model (NaN loss, out of memory, ...)."""
+    """Training could not produce a usable model (NaN loss, collapse, out of memory, ...)."""
 
 
 @dataclass
 class Trained:
-    model: keras.Model              # the trained QAT model (fake-quant), ready for INT8 conversion
+    model: keras.Model                 # the trained QAT model (fake-quant), ready for INT8 conversion
     metric_name: str
     higher_is_better: bool
-    float_metric: float             # the Keras QAT model on the test split, in float32
-    pretrain_float_metric: float | None  # the pure float model after the float epochs, when there were any
+    val_metric: float                  # the Keras QAT model on the validation split, in float32
+    pretrain_val_metric: float | None  # the float model after its float epochs, on the validation split
     epochs_run: int
+    plan: Plan
     history: dict[str, list[float]]
     timings: dict[str, float]
+    attempts: list[dict[str, Any]] = field(default_factory=list)  # one per training run: peak lr and outcome
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where a training run is, for a progress bar: sent every half second and at each epoch's end."""
+
+    phase: str                 # "float" or "qat"
+    epoch: int                 # 1-based, within the phase
+    phase_epochs: int
+    step: int                  # steps done in this attempt, over both phases
+    total_steps: int
+    loss: float | None
+    val_metric: float | None   # at an epoch's end
+    metric_name: str
+    elapsed_s: float
+    attempt: int               # 1, or 2 for the retry after a collapse
+
+    @property
+    def eta_s(self) -> float | None:
+        return self.elapsed_s / self.step * (self.total_steps - self.step) if self.step else None
+
+
+ProgressFn = Callable[[Progress], None]
 
 
 def euclidean_error(y_true, y_pred):
@@ -44,10 +83,51 @@ def euclidean_error(y_true, y_pred):
     return tf.reduce_mean(tf.norm(tf.cast(y_true, tf.float32) - y_pred, axis=-1))
 
 
-def _compile(model: keras.Model, task: str, lr_schedule) -> None:
-    opt = keras.optimizers.Adam(learning_rate=lr_schedule)
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up to ``peak`` over ``warmup`` steps, then cosine decay to ``floor * peak`` at ``total``.
+
+    Warm-up keeps Adam's first, badly scaled steps from knocking a freshly initialised network (with batch
+    norm) into the dead, uniform-output state the legacy recipe fell into on CIFAR-10.
+    """
+
+    def __init__(self, peak: float, total: int, warmup: int = 0, floor: float = 0.0) -> None:
+        super().__init__()
+        self.peak, self.total, self.warmup, self.floor = float(peak), max(1, int(total)), int(warmup), float(floor)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        warm = self.peak * (step + 1.0) / max(1, self.warmup)
+        t = tf.clip_by_value((step - self.warmup) / max(1, self.total - self.warmup), 0.0, 1.0)
+        cos = self.peak * (self.floor + (1.0 - self.floor) * 0.5 * (1.0 + tf.cos(math.pi * t)))
+        return tf.where(step < self.warmup, warm, cos)
+
+    def get_config(self) -> dict[str, Any]:
+        return {"peak": self.peak, "total": self.total, "warmup": self.warmup, "floor": self.floor}
+
+
+def smoothed_sparse_crossentropy(classes: int, smoothing: float) -> Callable[[Any, Any], Any]:
+    """Sparse categorical cross-entropy with label smoothing (tf_keras' sparse loss has none)."""
+
+    def loss(y_true, y_pred):
+        onehot = tf.one_hot(tf.reshape(tf.cast(y_true, tf.int32), [-1]), classes)
+        return keras.losses.categorical_crossentropy(onehot, y_pred, label_smoothing=smoothing)
+
+    loss.__name__ = "smoothed_sparse_crossentropy"
+    return loss
+
+
+def _compile(model: keras.Model, task: str, p: Plan, schedule: Any, classes: int) -> None:
+    r = p.recipe
+    if r.optimizer == "adamw":
+        opt = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=r.weight_decay)
+        # Decay pulls weights towards 0; biases, batch-norm scales/offsets and quantizer ranges are not weights.
+        opt.exclude_from_weight_decay(var_names=["bias", "gamma", "beta", "_min", "_max"])
+    else:
+        opt = keras.optimizers.Adam(learning_rate=schedule)
     if task == "classification":
-        model.compile(optimizer=opt, loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+        loss: Any = (smoothed_sparse_crossentropy(classes, r.label_smoothing) if r.label_smoothing
+                     else "sparse_categorical_crossentropy")
+        model.compile(optimizer=opt, loss=loss, metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
     else:
         model.compile(optimizer=opt, loss=keras.losses.Huber(delta=1.0), metrics=[euclidean_error])
 
@@ -66,17 +146,81 @@ class _NaNGuard(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def _fit(model, task, train_ds, val_ds, epochs: int, lr: float, steps: int, patience: int, verbose: int):
-    schedule = keras.optimizers.schedules.CosineDecay(lr, decay_steps=max(1, epochs * steps), alpha=0.05)
-    _compile(model, task, schedule)
-    monitor = "val_accuracy" if task == "classification" else "val_euclidean_error"
-    guard = _NaNGuard()
-    callbacks = [guard, keras.callbacks.EarlyStopping(monitor=monitor, patience=patience, restore_best_weights=True,
-                                                      mode="max" if task == "classification" else "min")]
-    hist = model.fit(train_ds, validation_data=val_ds, epochs=epochs, callbacks=callbacks, verbose=verbose)
-    if guard.failed_at is not None:
-        raise TrainingError(f"loss became NaN/inf at step {guard.failed_at} (lower the learning rate)")
-    return hist.history
+@dataclass(frozen=True)
+class Chance:
+    """What a collapsed classifier scores on the validation split, to tell collapse from slow learning."""
+
+    classes: int
+    majority_share: float  # a network that always answers the commonest class scores this
+    threshold: float       # majority share + 2 binomial standard errors on the validation split
+    enabled: bool          # epochs long enough to judge (>= MIN_STEPS_FOR_COLLAPSE steps)
+
+    @classmethod
+    def of(cls, y_val: Any, classes: int, steps_per_epoch: int) -> "Chance":
+        counts = np.bincount(np.asarray(y_val, np.int64), minlength=classes)
+        n = max(1, int(counts.sum()))
+        m = float(counts.max() / n)
+        return cls(classes=classes, majority_share=m, threshold=m + 2 * math.sqrt(m * (1 - m) / n),
+                   enabled=classes >= 2 and steps_per_epoch >= MIN_STEPS_FOR_COLLAPSE)
+
+    def verdict(self, val_loss: float | None, val_acc: float | None) -> str | None:
+        """Why an epoch's validation figures say "collapsed", or None."""
+        if not self.enabled:
+            return None
+        ln_k = math.log(self.classes)
+        if val_loss is not None and abs(val_loss - ln_k) <= UNIFORM_LOSS_TOLERANCE * ln_k:
+            return f"validation loss {val_loss:.4f} = ln {self.classes} (uniform output)"
+        if val_acc is not None and val_acc <= self.threshold:
+            return (f"validation accuracy {val_acc:.1%} at chance (the commonest class is "
+                    f"{self.majority_share:.1%} of the split)")
+        return None
+
+
+class _CollapseGuard(keras.callbacks.Callback):
+    def __init__(self, chance: Chance | None) -> None:
+        super().__init__()
+        self.chance, self.reason = chance, ""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.chance is None:
+            return
+        logs = logs or {}
+        why = self.chance.verdict(logs.get("val_loss"), logs.get("val_accuracy"))
+        if why:
+            self.reason = f"{why} after epoch {epoch + 1}"
+            self.model.stop_training = True
+
+
+class _ProgressCallback(keras.callbacks.Callback):
+    """Turns Keras' batch and epoch ends into :class:`Progress` events (every 0.5 s between epochs)."""
+
+    def __init__(self, fn: ProgressFn, base: dict[str, Any], counter: list[int], t0: float, monitor: str) -> None:
+        super().__init__()
+        self.fn, self.base, self.counter, self.t0, self.monitor = fn, base, counter, t0, monitor
+        self.epoch, self.last = 0, 0.0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch + 1
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.counter[0] += 1
+        now = time.perf_counter()
+        if now - self.last >= 0.5:
+            self.last = now
+            self._send((logs or {}).get("loss"), None)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        self._send(logs.get("loss"), logs.get(self.monitor))
+
+    def _send(self, loss, val) -> None:
+        self.fn(Progress(epoch=self.epoch, step=self.counter[0], loss=None if loss is None else float(loss),
+                         val_metric=None if val is None else float(val), elapsed_s=time.perf_counter() - self.t0,
+                         **self.base))
+
+
+class _Collapsed(Exception):
+    """Raised out of one attempt so :func:`train_qat` can retry it."""
 
 
 def adapt(spec: ArchSpec, dataset: data_mod.Dataset) -> ArchSpec:
@@ -100,11 +244,55 @@ def check_compatible(spec: ArchSpec, dataset: data_mod.Dataset) -> None:
                             f"data set '{dataset.name}' has {dataset.grid_channels}")
 
 
+@dataclass
+class _Run:
+    """One training attempt's fixed parts: data, plan, and the state its callbacks share."""
+
+    task: str
+    train_ds: Any
+    val_ds: Any
+    plan: Plan
+    classes: int
+    chance: Chance | None
+    patience: int
+    verbose: int
+    progress: ProgressFn | None
+    metric_name: str
+    attempt: int
+    t0: float = field(default_factory=time.perf_counter)
+    counter: list[int] = field(default_factory=lambda: [0])
+
+    def fit(self, model: keras.Model, phase: str, epochs: int, peak: float, warmup: int) -> dict[str, list[float]]:
+        p = self.plan
+        schedule = WarmupCosine(peak, epochs * p.steps_per_epoch, warmup, p.recipe.cosine_floor)
+        _compile(model, self.task, p, schedule, self.classes)
+        monitor = "val_accuracy" if self.task == "classification" else "val_euclidean_error"
+        guard, collapse = _NaNGuard(), _CollapseGuard(self.chance)
+        callbacks: list[Any] = [guard, collapse, keras.callbacks.EarlyStopping(
+            monitor=monitor, patience=self.patience, restore_best_weights=True,
+            mode="max" if self.task == "classification" else "min")]
+        if self.progress is not None:
+            base = {"phase": phase, "phase_epochs": epochs, "metric_name": self.metric_name, "attempt": self.attempt,
+                    "total_steps": (p.float_epochs + p.qat_epochs) * p.steps_per_epoch}
+            callbacks.append(_ProgressCallback(self.progress, base, self.counter, self.t0, monitor))
+        hist = model.fit(self.train_ds, validation_data=self.val_ds, epochs=epochs, callbacks=callbacks,
+                         verbose=0 if self.progress is not None else self.verbose)
+        if guard.failed_at is not None:
+            raise TrainingError(f"loss became NaN/inf at step {guard.failed_at} of the {phase} phase "
+                                f"(peak learning rate {peak:.3g}; lower it with --lr)")
+        if collapse.reason:
+            raise _Collapsed(f"{collapse.reason} of the {phase} phase")
+        return hist.history
+
+
 def train_qat(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, *, seed: int = 0,
-              verbose: int = 0) -> Trained:
-    """Train ``spec`` on ``dataset`` with INT8 QAT under ``budget``; deterministic for ``seed``."""
+              verbose: int = 0, progress: ProgressFn | None = None) -> Trained:
+    """Train ``spec`` on ``dataset`` with INT8 QAT under ``budget``; deterministic for ``seed``.
+
+    Raises :class:`TrainingError` for a NaN loss, a model that predicts NaN, or a collapse that the retry
+    at :data:`RETRY_LR_FACTOR` times the learning rate did not cure.
+    """
     timings: dict[str, float] = {}
-    keras.utils.set_random_seed(seed)
     task = dataset.task
     name, higher = task_metric(task)
     grid = dataset.grid_channels
@@ -115,37 +303,66 @@ def train_qat(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, *, seed
     if budget.train_limit and len(x_train) > budget.train_limit:
         x_train, y_train = x_train[: budget.train_limit], y_train[: budget.train_limit]
     x_val = pipeline.prepare(dataset.val, spec.resolution, spec.channels, grid)
-    x_test = pipeline.prepare(dataset.test, spec.resolution, spec.channels, grid)
+    p = plan_budget(budget, len(x_train))
     augment = dataset.description.get("augment")
-    train_ds = pipeline.to_tf_dataset(x_train, y_train, budget.batch_size, shuffle=True, seed=seed, augment=augment,
+    train_ds = pipeline.to_tf_dataset(x_train, y_train, p.batch_size, shuffle=True, seed=seed, augment=augment,
                                       grid_channels=grid if task == "gaze" else None)
-    val_ds = pipeline.to_tf_dataset(x_val, dataset.val.y, budget.batch_size, shuffle=False, seed=seed)
-    steps = math.ceil(len(x_train) / budget.batch_size)
+    val_ds = pipeline.to_tf_dataset(x_val, dataset.val.y, max(p.batch_size, 256), shuffle=False, seed=seed)
     timings["data"] = time.perf_counter() - t0
+    classes = dataset.num_classes if task == "classification" else 0
+    chance = (Chance.of(dataset.val.y, classes, p.steps_per_epoch)
+              if task == "classification" and p.recipe.detect_collapse else None)
+    log.info("%s", p.describe())
 
+    attempts: list[dict[str, Any]] = []
+    for attempt, scale in ((1, 1.0), (2, RETRY_LR_FACTOR)):
+        run_plan = p if scale == 1.0 else dataclasses.replace(p, peak_lr=p.peak_lr * scale)
+        run = _Run(task=task, train_ds=train_ds, val_ds=val_ds, plan=run_plan, classes=classes, chance=chance,
+                   patience=budget.patience, verbose=verbose, progress=progress, metric_name=name, attempt=attempt)
+        try:
+            model, val_metric, pretrain, epochs_run, history = _attempt(spec, run, seed, timings, x_val,
+                                                                        dataset.val.y)
+        except _Collapsed as c:
+            attempts.append({"peak_lr": run_plan.peak_lr, "outcome": f"collapsed: {c}"})
+            if attempt == 1:
+                log.warning("training collapsed (%s) at peak learning rate %.3g; retrying at %.3g", c,
+                            run_plan.peak_lr, run_plan.peak_lr * RETRY_LR_FACTOR)
+            continue
+        attempts.append({"peak_lr": run_plan.peak_lr, "outcome": "trained"})
+        return Trained(model=model, metric_name=name, higher_is_better=higher, val_metric=val_metric,
+                       pretrain_val_metric=pretrain, epochs_run=epochs_run, plan=run_plan, history=history,
+                       timings=timings, attempts=attempts)
+    raise TrainingError("training collapsed twice: " + "; then ".join(
+        f"at peak learning rate {a['peak_lr']:.3g}, {a['outcome'].removeprefix('collapsed: ')}" for a in attempts))
+
+
+def _attempt(spec: ArchSpec, run: _Run, seed: int, timings: dict[str, float], x_val: Any, y_val: Any
+             ) -> tuple[keras.Model, float, float | None, int, dict[str, list[float]]]:
+    """One training run from a fresh initialisation: the float phase (if any), then QAT."""
+    keras.utils.set_random_seed(seed)
+    p = run.plan
     t0 = time.perf_counter()
     float_model = builder.build(spec)
     timings["build"] = time.perf_counter() - t0
     history: dict[str, list[float]] = {}
     pretrain = None
-    if budget.float_epochs:
+    epochs_run = 0
+    if p.float_epochs:
         t0 = time.perf_counter()
-        h = _fit(float_model, task, train_ds, val_ds, budget.float_epochs, budget.learning_rate, steps,
-                 budget.patience, verbose)
+        h = run.fit(float_model, "float", p.float_epochs, p.peak_lr, p.warmup_steps)
         history.update({f"float_{k}": v for k, v in h.items()})
-        pretrain = metric_value(task, dataset.test.y, float_model.predict(x_test, verbose=0))
+        epochs_run += len(h.get("loss", []))
+        pretrain = metric_value(run.task, y_val, float_model.predict(x_val, verbose=0, batch_size=256))
         timings["float_train"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     model = builder.quantize(float_model)
-    timings["build"] += time.perf_counter() - t0
+    timings["quantize"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    lr = budget.learning_rate * (0.5 if budget.float_epochs else 1.0)
-    h = _fit(model, task, train_ds, val_ds, budget.epochs, lr, steps, budget.patience, verbose)
+    h = run.fit(model, "qat", p.qat_epochs, p.qat_peak_lr, 0 if p.float_epochs else p.warmup_steps)
     history.update(h)
+    epochs_run += len(h.get("loss", []))
     timings["qat_train"] = time.perf_counter() - t0
-    float_metric = metric_value(task, dataset.test.y, model.predict(x_test, verbose=0, batch_size=256))
-    if not math.isfinite(float_metric):
+    val_metric = metric_value(run.task, y_val, model.predict(x_val, verbose=0, batch_size=256))
+    if not math.isfinite(val_metric):
         raise TrainingError("the trained model predicts NaN")
-    return Trained(model=model, metric_name=name, higher_is_better=higher, float_metric=float_metric,
-                   pretrain_float_metric=pretrain, epochs_run=len(h.get("loss", [])),
-                   history={k: [float(v) for v in vs] for k, vs in history.items()}, timings=timings)
+    return model, val_metric, pretrain, epochs_run, {k: [float(v) for v in vs] for k, vs in history.items()}
