@@ -33,8 +33,12 @@ from nas.tf import builder, pipeline
 log = logging.getLogger(__name__)
 
 RETRY_LR_FACTOR = 0.25         # a collapsed run is retried once at this share of its learning rate
-MIN_STEPS_FOR_COLLAPSE = 50    # an epoch of fewer steps is too short to call a run collapsed
-UNIFORM_LOSS_TOLERANCE = 0.01  # |val loss - ln K| within this share of ln K: the output is uniform
+# Collapse is judged at the end of each epoch once this many steps are done (over both phases): sooner, a
+# slow but healthy start looks like a dead network (measured: a 2-block MNIST net at 16 px, 845 images, is
+# still at chance after 106 steps at lr 1e-3 and learns later). One epoch of CIFAR-10 at batch 128 is 333
+# steps, so the collapse the legacy recipe shows there is caught after the first epoch.
+MIN_STEPS_FOR_COLLAPSE = 300
+UNIFORM_LOSS_TOLERANCE = 0.001  # |val loss - ln K| within this share of ln K: the output is uniform
 
 
 class TrainingError(RuntimeError):
@@ -153,19 +157,17 @@ class Chance:
     classes: int
     majority_share: float  # a network that always answers the commonest class scores this
     threshold: float       # majority share + 2 binomial standard errors on the validation split
-    enabled: bool          # epochs long enough to judge (>= MIN_STEPS_FOR_COLLAPSE steps)
 
     @classmethod
-    def of(cls, y_val: Any, classes: int, steps_per_epoch: int) -> "Chance":
+    def of(cls, y_val: Any, classes: int) -> "Chance":
         counts = np.bincount(np.asarray(y_val, np.int64), minlength=classes)
         n = max(1, int(counts.sum()))
         m = float(counts.max() / n)
-        return cls(classes=classes, majority_share=m, threshold=m + 2 * math.sqrt(m * (1 - m) / n),
-                   enabled=classes >= 2 and steps_per_epoch >= MIN_STEPS_FOR_COLLAPSE)
+        return cls(classes=classes, majority_share=m, threshold=m + 2 * math.sqrt(m * (1 - m) / n))
 
-    def verdict(self, val_loss: float | None, val_acc: float | None) -> str | None:
-        """Why an epoch's validation figures say "collapsed", or None."""
-        if not self.enabled:
+    def verdict(self, val_loss: float | None, val_acc: float | None, steps: int) -> str | None:
+        """Why an epoch's validation figures say "collapsed" after ``steps`` training steps, or None."""
+        if steps < MIN_STEPS_FOR_COLLAPSE or self.classes < 2:
             return None
         ln_k = math.log(self.classes)
         if val_loss is not None and abs(val_loss - ln_k) <= UNIFORM_LOSS_TOLERANCE * ln_k:
@@ -177,15 +179,20 @@ class Chance:
 
 
 class _CollapseGuard(keras.callbacks.Callback):
-    def __init__(self, chance: Chance | None) -> None:
+    """Counts an attempt's steps (shared over its phases) and judges each epoch's end by :class:`Chance`."""
+
+    def __init__(self, chance: Chance | None, steps: list[int]) -> None:
         super().__init__()
-        self.chance, self.reason = chance, ""
+        self.chance, self.steps, self.reason = chance, steps, ""
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.steps[0] += 1
 
     def on_epoch_end(self, epoch, logs=None):
         if self.chance is None:
             return
         logs = logs or {}
-        why = self.chance.verdict(logs.get("val_loss"), logs.get("val_accuracy"))
+        why = self.chance.verdict(logs.get("val_loss"), logs.get("val_accuracy"), self.steps[0])
         if why:
             self.reason = f"{why} after epoch {epoch + 1}"
             self.model.stop_training = True
@@ -202,8 +209,7 @@ class _ProgressCallback(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         self.epoch = epoch + 1
 
-    def on_train_batch_end(self, batch, logs=None):
-        self.counter[0] += 1
+    def on_train_batch_end(self, batch, logs=None):  # the collapse guard, ahead of this one, counts the step
         now = time.perf_counter()
         if now - self.last >= 0.5:
             self.last = now
@@ -267,7 +273,7 @@ class _Run:
         schedule = WarmupCosine(peak, epochs * p.steps_per_epoch, warmup, p.recipe.cosine_floor)
         _compile(model, self.task, p, schedule, self.classes)
         monitor = "val_accuracy" if self.task == "classification" else "val_euclidean_error"
-        guard, collapse = _NaNGuard(), _CollapseGuard(self.chance)
+        guard, collapse = _NaNGuard(), _CollapseGuard(self.chance, self.counter)
         callbacks: list[Any] = [guard, collapse, keras.callbacks.EarlyStopping(
             monitor=monitor, patience=self.patience, restore_best_weights=True,
             mode="max" if self.task == "classification" else "min")]
@@ -310,8 +316,7 @@ def train_qat(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, *, seed
     val_ds = pipeline.to_tf_dataset(x_val, dataset.val.y, max(p.batch_size, 256), shuffle=False, seed=seed)
     timings["data"] = time.perf_counter() - t0
     classes = dataset.num_classes if task == "classification" else 0
-    chance = (Chance.of(dataset.val.y, classes, p.steps_per_epoch)
-              if task == "classification" and p.recipe.detect_collapse else None)
+    chance = Chance.of(dataset.val.y, classes) if task == "classification" and p.recipe.detect_collapse else None
     log.info("%s", p.describe())
 
     attempts: list[dict[str, Any]] = []
