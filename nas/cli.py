@@ -162,8 +162,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{result['metric_name']}: {result['int8_metric']:.4f} on {result['samples']} samples "
-              f"({result['dataset']}, split {result['split']}) with the INT8 model {result['model']}")
+        print(f"{result['metric_name']}: {_with_interval(result['int8_metric'], result['int8_interval'])} on "
+              f"{result['samples']} samples ({result['dataset']}, split {result['split']}) with the INT8 model "
+              f"{result['model']}")
     return 0
 
 
@@ -263,7 +264,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         plan = search.plan_workers(req.workers, run.budget)  # a new run: every candidate is still to train
         print(f"Run directory: {run_dir}")
         print(f"  data {cfg.dataset}, space {cfg.space['name']}, target "
-              f"{cfg.target['name']}; {req.trials} candidates to train ({budget['epochs']} QAT epochs"
+              f"{cfg.target['name']}; {req.trials} candidates to train ({budget['epochs']} training epochs"
               + (f", {budget['train_limit']} training samples" if budget.get("train_limit") else "")
               + (f", learning rate {budget['learning_rate']:g}" if budget.get("learning_rate") else "")
               + f"), sampler {req.sampler}, {plan.workers} worker(s)")
@@ -330,9 +331,10 @@ def _add_search_parsers(sub) -> None:
                                     "classification, tinytracker.yaml for gaze data)")
     se.add_argument("--dataset", help="mnist (default, embedded), faces, gaze-synthetic, or a folder")
     se.add_argument("--trials", type=int, help="candidates to train; rejected ones do not count (default 20)")
-    se.add_argument("--epochs", type=int, help="QAT epochs per candidate (default 2)")
-    se.add_argument("--lr", type=float, help="peak learning rate of each candidate's cosine schedule (default: "
-                                             "nas train's, 5e-3)")
+    se.add_argument("--epochs", type=int, help="training epochs per candidate, float then QAT (default 2: one of "
+                                               "each)")
+    se.add_argument("--lr", type=float, help="peak learning rate of each candidate (default: the recipe's, 3e-3 "
+                                             "at batch 128, scaled to the batch)")
     se.add_argument("--train-limit", type=int,
                     help="use at most this many training samples per candidate (quick runs and tests; default: "
                          "all, or 2000 for the default data set)")

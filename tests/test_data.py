@@ -441,3 +441,44 @@ def test_to_tf_dataset_gaze_leaves_grid_alone() -> None:
     assert not np.allclose(xb.numpy()[..., :3], x[:16, ..., :3])  # image augmented
     with pytest.raises(ValueError):
         pipeline.to_tf_dataset(x, ds.train.y, 16, shuffle=False, seed=0, augment="mixup")
+
+
+def _presplit(root: Path, counts: dict[str, dict[str, int]]) -> dict[bytes, str]:
+    """``root/<split>/<class>/i.png`` with distinct random images; {image bytes: split} to find them again."""
+    rng = np.random.default_rng(7)
+    where = {}
+    for split, classes in counts.items():
+        for cls, n in classes.items():
+            for i in range(n):
+                img = _rgb(rng)
+                _write(root / split / cls / f"{i}.png", img)
+                where[(img.astype(np.float32) / 255.0).tobytes()] = split
+    return where
+
+
+def test_presplit_folder_keeps_test_and_carves_validation_from_train(tmp_path: Path) -> None:
+    where = _presplit(tmp_path, {"train": {"cat": 40, "dog": 20}, "test": {"cat": 5, "dog": 5}})
+    ds = data.load(str(tmp_path), seed=3, val_fraction=0.25)
+    assert ds.class_names == ("cat", "dog")
+    assert ds.description["counts"] == {"train": 45, "val": 15, "test": 10}
+    assert ds.description["split"].startswith("presplit folders: test = test/")
+    origin = {k: {where[x.tobytes()] for x in s.x} for k, s in ds.splits.items()}
+    assert origin == {"train": {"train"}, "val": {"train"}, "test": {"test"}}  # test/ is exactly the test split
+    assert np.bincount(ds.val.y).tolist() == [10, 5]  # stratified like train/ (2:1)
+    again = data.load(str(tmp_path), seed=3, val_fraction=0.25)
+    assert _fingerprints(again.val) == _fingerprints(ds.val)
+    other = data.load(str(tmp_path), seed=4, val_fraction=0.25)
+    assert _fingerprints(other.val) != _fingerprints(ds.val) and _fingerprints(other.test) == _fingerprints(ds.test)
+
+
+def test_presplit_folder_with_val_uses_all_three(tmp_path: Path) -> None:
+    _presplit(tmp_path, {"train": {"a": 6, "b": 6}, "val": {"a": 2, "b": 2}, "test": {"a": 3, "b": 3}})
+    ds = data.load(str(tmp_path))
+    assert ds.description["counts"] == {"train": 12, "val": 4, "test": 6}
+    assert ds.description["split"] == "presplit folders"
+
+
+def test_presplit_test_class_unknown_to_train_is_an_error(tmp_path: Path) -> None:
+    _presplit(tmp_path, {"train": {"a": 3, "b": 3}, "test": {"a": 2, "horse": 2}})
+    with pytest.raises(UserError, match=r"test.*only the classes of train/ \(a, b\); found horse"):
+        data.load(str(tmp_path))

@@ -274,7 +274,7 @@ def test_argparse_mistakes_are_one_line_exit_2(args, fragments):
 @pytest.mark.parametrize("flag, value, fragment", [
     ("--trials", "0", "positive number of candidates"),
     ("--trials", "-3", "positive number of candidates"),
-    ("--epochs", "0", "positive number of QAT epochs"),
+    ("--epochs", "0", "positive number of training epochs"),
     ("--workers", "0", "positive number of worker processes"),
     ("--train-limit", "5", "at least 16 training samples"),
     ("--seed", "-1", "non-negative"),

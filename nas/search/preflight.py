@@ -53,7 +53,7 @@ def check_request(req: SearchRequest) -> None:
     if req.trials < 1:
         raise UserError("--trials", "trials", f"a positive number of candidates to train, got {req.trials}")
     if req.epochs < 1:
-        raise UserError("--epochs", "epochs", f"a positive number of QAT epochs, got {req.epochs}")
+        raise UserError("--epochs", "epochs", f"a positive number of training epochs, got {req.epochs}")
     if req.workers < 1:
         raise UserError("--workers", "workers", f"a positive number of worker processes, got {req.workers}")
     if req.train_limit is not None and req.train_limit < 16:

@@ -23,7 +23,7 @@ from nas import data as data_mod
 from nas import profile
 from nas.errors import UserError
 from nas.formatting import first_line
-from nas.metrics import metric_for, metric_value
+from nas.metrics import metric_for, metric_interval, metric_value
 from nas.spec import ArchSpec
 from nas.tf import builder, pipeline
 
@@ -173,7 +173,8 @@ def evaluate_file(model: str, dataset: str, *, split: str = "test", seed: int = 
                         f"{pred.shape[-1]} outputs")
     name, higher = metric_for(ds.task)
     return {"model": str(path), "dataset": dataset, "split": split, "samples": int(len(x)), "metric_name": name,
-            "higher_is_better": higher, "int8_metric": metric_value(ds.task, y, pred)}
+            "higher_is_better": higher, "int8_metric": metric_value(ds.task, y, pred),
+            "int8_interval": list(metric_interval(ds.task, y, pred))}
 
 
 def untrained_int8(spec: ArchSpec, seed: int = 0, samples: int = 8) -> bytes:
