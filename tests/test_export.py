@@ -127,6 +127,9 @@ def test_metadata_and_model_card_hold_the_numbers(bundle, trained):
                  "resolver.AddHardSwish();", f"{mem['arena']['kTensorArenaSize']:,}", "kInputScale",
                  f"{meta['metrics']['int8']:.4f}"):
         assert text in card, text
+    lo, hi = meta["metrics"]["int8_interval"]
+    assert lo <= meta["metrics"]["int8"] <= hi and meta["metrics"]["test_samples"] == 1000
+    assert f"(95% CI {lo:.4f}-{hi:.4f}, n = 1,000)" in card  # every accuracy shown carries its interval
     with np.load(bundle / "samples.npz") as s:
         assert s["inputs"].dtype == np.int8 and s["outputs"].dtype == np.int8
         assert s["inputs"].shape == (8, 28, 28, 1) and s["outputs"].shape == (8, 10)

@@ -27,11 +27,14 @@ def model_card(meta: dict[str, Any], spec: ArchSpec) -> str:
              "## Numbers", "", "| | |", "|---|---|"]
     metric = m.get("name") or "metric"
 
-    def fmt(v: float | None) -> str:
-        return "-" if v is None else f"{v:.4f}"
+    def fmt(v: float | None, interval: list[float] | None = None) -> str:
+        if v is None:
+            return "-"
+        n = f", n = {m['test_samples']:,}" if m.get("test_samples") else ""
+        return f"{v:.4f}" + (f" (95% CI {interval[0]:.4f}-{interval[1]:.4f}{n})" if interval else "")
 
-    lines += [f"| {metric} (INT8 .tflite, test split) | {fmt(m.get('int8'))} |",
-              f"| {metric} (float Keras QAT model) | {fmt(m.get('float'))} |",
+    lines += [f"| {metric} (INT8 .tflite, test split) | {fmt(m.get('int8'), m.get('int8_interval'))} |",
+              f"| {metric} (float Keras QAT model) | {fmt(m.get('float'), m.get('float_interval'))} |",
               f"| MACs | {meta['macs']:,} |", f"| parameters | {meta['params']:,} |",
               f"| .tflite size | {bytes_and_kb(mem['measured']['tflite_bytes'])} |",
               f"| TFLM arena, measured (host) | {bytes_and_kb(mem['measured']['tflm_arena_bytes'])} (minimum that "
