@@ -175,16 +175,21 @@ def markdown(out: dict[str, Any]) -> str:
                  f"({s['holdout_samples']} images, never used for training, early stopping or selection).")
     lines.append("")
     lines.append(f"Search: TPE over `{srch['space']}` under `{s['constraints']}`, {srch['trials_budget']} trained "
-                 f"candidates at {srch['epochs']} QAT epoch(s) each, split seed {s['search_seed']} "
+                 f"candidates at {srch['epochs']} training epoch(s) each, split seed {s['search_seed']} "
                  f"({srch['summary']['feasible']} feasible, {srch['summary']['rejected']} rejected on paper, "
                  f"{srch['wall_s']:.0f} s); picked trial {srch['best']['number']}, the best feasible INT8 test "
                  f"accuracy in the search ({srch['best']['int8_accuracy']:.3f}; ties broken by the smaller "
                  f"measured arena).")
     lines.append("")
-    lines.append(f"Final recipe, identical for the three models: INT8 QAT from scratch (no float warm-up, no "
-                 f"pre-training), at most {r['epochs']} epochs, early stopping on validation accuracy with patience "
-                 f"{r['patience']} (best weights restored), Adam, cosine learning rate from {r['learning_rate']}, "
-                 f"batch {r['batch_size']}, {s['train_images']} training images with flip / translation augmentation; "
+    recipe = r.get("recipe", "legacy") if "float_epochs" not in r else "legacy"
+    how = ("INT8 QAT from scratch (no float warm-up), Adam, cosine learning rate from "
+           f"{r['learning_rate']}" if recipe == "legacy" else
+           f"the `{recipe}` recipe of nas/budget.py (float, then QAT; docs/training.md), peak learning rate "
+           f"{r.get('learning_rate') or 'the recipe default'}")
+    lines.append(f"Final recipe, identical for the three models: {how}, at most {r['epochs']} epochs, early "
+                 f"stopping on validation accuracy with patience {r['patience']} (best weights restored), "
+                 f"batch {r.get('batch_size') or 'auto'}, {s['train_images']} training images with flip / translation "
+                 f"augmentation; "
                  f"training seeds {seeds} (accuracies are means over them, per seed in brackets); {s['jobs']} model(s) "
                  f"trained at a time.")
     lines.append("")

@@ -34,3 +34,16 @@ def test_recipe_quick_and_resume(tmp_path):
     assert "INT8 test [95% CI]" in (tmp_path / "recipe_quick.md").read_text()
     again = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert again.returncode == 0 and "0 run(s) to do, 2 recorded" in again.stderr
+
+
+def test_throughput_quick(tmp_path):
+    """bench/throughput.py: one small model at batch 32, float and QAT steps, fed from the real pipeline too."""
+    res = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--quick", "--out", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads((tmp_path / "throughput_quick.json").read_text())
+    (row,) = out["rows"]
+    (cell,) = row["batches"]
+    assert row["model"] == "mnv3-small-0.5-32" and cell["batch"] == 32 and out["quick"] is True
+    assert cell["float_img_s"] > 0 and cell["qat_img_s"] > 0 and cell["fit_pipeline_img_s"] > 0
+    assert row["quantize_s"] > 0 and (tmp_path / "throughput_quick.md").is_file()

@@ -75,21 +75,22 @@ def test_nas_train_reports_a_collapse_in_one_line(tmp_path: Path) -> None:
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_on_cifar10_the_legacy_recipe_stays_near_chance_and_the_default_learns() -> None:
-    """Issue 18's case, at a test's size: MobileNetV3-Small 0.5 at 32 px on 5,000 CIFAR-10 images (3,250 to train),
-    3 epochs each. QAT from the first step at 5e-3 (legacy) does not get off the ground (measured: validation
-    accuracy 14.6%, 14.7%, 12.4% after epochs 1-3, 19.9% after 8; on the full set 17.3% then 15.9%, and in the
-    issue ln 10 from epoch 2); float first with warm-up (default) learns (26.8% after 3)."""
+def test_on_cifar10_the_legacy_recipe_barely_learns_and_the_default_does() -> None:
+    """Issue 18's case at a test's size: MobileNetV3-Small 0.5 at 32 px on 10,000 CIFAR-10 images (6,500 to train).
+    The issue's old settings (QAT from the first step, Adam 5e-3, batch 32, 4 epochs) get off the ground slowly
+    (measured: validation accuracy 17.2%, 15.9%, 21.9%, 21.2%); on the full set they stick (17.3%, 15.9% after 2
+    epochs, bench/results/recipe.md) and in the issue sat at ln 10 from epoch 2. The full-set collapse needs about
+    2,600 QAT steps, minutes too many for the default suite; this subset shows the gap. The default recipe,
+    float first with warm-up, learns in 3 epochs (measured: 32.9%), and the gap is beyond both 95% intervals."""
     from nas.tf.train import train_qat
 
-    ds = data.load(str(require(SHARED / "data" / "cifar10")), limit=5000)
+    ds = data.load(str(require(SHARED / "data" / "cifar10")), limit=10_000)
     spec = load_spec("mobilenetv3-small").replace(resolution=32, width=0.5, classes=10)
     n = len(ds.val.y)
     results = {}
-    for recipe in ("legacy", "default"):
-        t = train_qat(spec, ds, Budget(epochs=3, recipe=recipe))
+    for recipe, epochs in (("legacy", 4), ("default", 3)):
+        t = train_qat(spec, ds, Budget(epochs=epochs, recipe=recipe))
         results[recipe] = (t.val_metric, wilson_interval(t.val_metric * n, n))
     (old, old_ci), (new, new_ci) = results["legacy"], results["default"]
-    assert old < 0.17, results          # within a few points of chance (10%)
-    assert new > 0.22, results
+    assert old < 0.26 and new > 0.28, results
     assert not intervals_overlap(old_ci, new_ci), results  # better by more than the 95% intervals
