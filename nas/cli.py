@@ -158,13 +158,13 @@ class _TrainLog:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from nas.tf.convert import evaluate_file
 
-    result = evaluate_file(args.model, args.dataset, split=args.split, seed=args.seed)
+    result = evaluate_file(args.model, args.dataset, split=args.split, seed=args.seed, input_range=args.input_range)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"{result['metric_name']}: {_with_interval(result['int8_metric'], result['int8_interval'])} on "
               f"{result['samples']} samples ({result['dataset']}, split {result['split']}) with the INT8 model "
-              f"{result['model']}")
+              f"{result['model']} (input pixels {result['input_range']})")
     return 0
 
 
@@ -623,6 +623,9 @@ def build_parser() -> _Parser:
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                     help="which split (default test; 'all' for a folder the model never saw)")
     ev.add_argument("--seed", type=int, default=0, help="split seed (must match training's to reuse its test split)")
+    ev.add_argument("--input-range", default="auto", choices=["auto", "0-1", "-1-1", "0-255"],
+                    help="the model's float pixel range (default auto: from its int8 input quantization; ours is "
+                         "0-1, the MLPerf Tiny IC ResNet-8's 0-255)")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_evaluate)
     _add_search_parsers(sub)

@@ -150,3 +150,38 @@ def test_converted_basic_block_variants_match_the_profile() -> None:
     measured = tflm.measure_tflm(flat).arena_bytes
     assert abs(est.peak_sram_bytes - measured) <= max(0.01 * measured, profile.ESTIMATE_MARGIN_MIN_BYTES)
     assert abs(est.flash_bytes - len(flat)) <= max(0.01 * len(flat), profile.ESTIMATE_MARGIN_MIN_BYTES)
+
+
+def test_expected_input_range_from_the_quantization() -> None:
+    from nas.tf.convert import expected_input_range
+
+    assert expected_input_range(1.0, -128) == "0-255"          # the MLPerf reference: raw pixels
+    assert expected_input_range(1 / 255, -128) == "0-1"        # ours
+    assert expected_input_range(2 / 255, 0) == "-1-1"          # MobileNet-style
+
+
+def test_nas_evaluate_scores_the_reference_on_cifar10_images(tmp_path) -> None:
+    """The reference is fed raw pixels (its input scale 1.0, zero point -128), as it was trained: 30 test images
+    per class score near its 76.1% (shared/models/README.md); fed [0, 1] it would be at chance."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    test = require(SHARED / "data" / "cifar10" / "test")
+    for cls in sorted(d for d in test.iterdir() if d.is_dir()):
+        (tmp_path / "c" / cls.name).mkdir(parents=True)
+        for f in sorted(cls.iterdir())[:30]:
+            (tmp_path / "c" / cls.name / f.name).symlink_to(f)
+    nas_cli = str(Path(sys.executable).with_name("nas"))
+
+    def accuracy(*extra: str) -> dict:
+        res = subprocess.run([nas_cli, "evaluate", str(require(REFERENCE)), "--dataset", str(tmp_path / "c"),
+                              "--split", "all", "--json", *extra], capture_output=True, text=True)
+        assert res.returncode == 0, res.stderr[-2000:]
+        return json.loads(res.stdout)
+
+    auto = accuracy()
+    assert auto["input_range"] == "0-255" and auto["samples"] == 300
+    assert auto["int8_metric"] > 0.6 and auto["int8_interval"][0] < 0.761 < auto["int8_interval"][1]
+    assert accuracy("--input-range", "0-1")["int8_metric"] < 0.25

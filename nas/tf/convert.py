@@ -140,11 +140,25 @@ def input_quantization(tflite: bytes) -> dict[str, Any]:
             "shape": [int(v) for v in d["shape"]], "dtype": np.dtype(d["dtype"]).name}
 
 
-def evaluate_file(model: str, dataset: str, *, split: str = "test", seed: int = 0) -> dict:
+#: Input conventions of image models, as float pixel ranges: ours ([0, 1]), MobileNet-style ([-1, 1]) and raw
+#: pixels ([0, 255], e.g. the MLPerf Tiny IC ResNet-8: scale 1.0, zero point -128, shared/models/README.md).
+INPUT_RANGES: dict[str, tuple[float, float]] = {"0-1": (0.0, 1.0), "-1-1": (-1.0, 1.0), "0-255": (0.0, 255.0)}
+
+
+def expected_input_range(scale: float, zero_point: int) -> str:
+    """The convention whose float range is nearest to what the int8 input can represent,
+    ``[(-128 - zp) * scale, (127 - zp) * scale]``: a model quantized for raw pixels cannot be fed [0, 1]."""
+    lo, hi = (-128 - zero_point) * scale, (127 - zero_point) * scale
+    return min(INPUT_RANGES, key=lambda k: abs(INPUT_RANGES[k][0] - lo) + abs(INPUT_RANGES[k][1] - hi))
+
+
+def evaluate_file(model: str, dataset: str, *, split: str = "test", seed: int = 0,
+                  input_range: str = "auto") -> dict:
     """Evaluate an INT8 ``.tflite`` (or a folder holding ``model_int8.tflite``) on a data set.
 
     The input tensor tells the resolution and channel count; for gaze data the last channels are the
-    data set's face-grid embedding.
+    data set's face-grid embedding. Images are [0, 1] floats mapped to the model's pixel convention
+    (``input_range``: one of :data:`INPUT_RANGES`, or ``auto`` from its input quantization).
     """
     path = Path(model)
     if path.is_dir():
@@ -158,6 +172,9 @@ def evaluate_file(model: str, dataset: str, *, split: str = "test", seed: int = 
         raise UserError(str(path), "", f"a valid .tflite model ({first_line(e)})") from None
     if q["dtype"] != "int8":
         raise UserError(str(path), "input", f"a full-integer model with int8 input, got {q['dtype']}")
+    if input_range != "auto" and input_range not in INPUT_RANGES:
+        raise UserError("--input-range", "", f"auto or one of {', '.join(INPUT_RANGES)}, got '{input_range}'")
+    rng = expected_input_range(q["scale"], q["zero_point"]) if input_range == "auto" else input_range
     _, h, w, c = q["shape"]
     ds = data_mod.load(dataset, seed=seed)
     grid = ds.grid_channels
@@ -167,6 +184,10 @@ def evaluate_file(model: str, dataset: str, *, split: str = "test", seed: int = 
         xs.append(pipeline.prepare(s, h, c - grid, grid))
         ys.append(s.y)
     x, y = np.concatenate(xs), np.concatenate(ys)
+    lo, hi = INPUT_RANGES[rng]
+    if (lo, hi) != (0.0, 1.0):
+        x = x.copy()
+        x[..., : c - grid] = lo + x[..., : c - grid] * (hi - lo)  # image channels only, never the face grid
     pred = predict_int8(flat, x)
     if ds.task == "classification" and pred.shape[-1] != ds.num_classes:
         raise UserError(str(path), "output", f"{ds.num_classes} classes for data set '{ds.name}', the model has "
@@ -174,7 +195,7 @@ def evaluate_file(model: str, dataset: str, *, split: str = "test", seed: int = 
     name, higher = metric_for(ds.task)
     return {"model": str(path), "dataset": dataset, "split": split, "samples": int(len(x)), "metric_name": name,
             "higher_is_better": higher, "int8_metric": metric_value(ds.task, y, pred),
-            "int8_interval": list(metric_interval(ds.task, y, pred))}
+            "int8_interval": list(metric_interval(ds.task, y, pred)), "input_range": rng}
 
 
 def untrained_int8(spec: ArchSpec, seed: int = 0, samples: int = 8) -> bytes:
