@@ -285,7 +285,7 @@ class _Run:
                          verbose=0 if self.progress is not None else self.verbose)
         if guard.failed_at is not None:
             raise TrainingError(f"loss became NaN/inf at step {guard.failed_at} of the {phase} phase "
-                                f"(peak learning rate {peak:.3g}; lower it with --lr)")
+                                f"(peak learning rate {peak:.3g}: lower the learning rate with --lr)")
         if collapse.reason:
             raise _Collapsed(f"{collapse.reason} of the {phase} phase")
         return hist.history
