@@ -177,8 +177,8 @@ def markdown(out: dict[str, Any]) -> str:
              common.fmt(r.get("float_test")), common.fmt(r.get("val_float")),
              common.fmt(_uniform(r)), common.fmt(_at_chance(r)), len(r.get("attempts", [])) or "-",
              common.fmt(r.get("wall_s"), 0),
-             common.fmt(r.get("train_images_per_s"), 0)] for r in runs]
-    lines = [f"# Training recipe benchmark ({'quick' if out['quick'] else 'full'}; commit {out['commit']})", "",
+             common.fmt(r.get("train_images_per_s"), 0), r.get("commit", "-")] for r in runs]
+    lines = [f"# Training recipe benchmark ({'quick' if out['quick'] else 'full'}; each run's commit in its row)", "",
              "INT8 test accuracy of the converted model with its Wilson 95% interval (n = test samples); "
              "float = the Keras QAT model on the same test split; val = validation split (carved from train/). "
              "Uniform = the last validation loss within 1% of ln K (the collapse signature); at chance = the INT8 "
@@ -186,7 +186,7 @@ def markdown(out: dict[str, Any]) -> str:
              "Wall = the whole `nas train` job (data prep, build, training, conversion, evaluation).", "",
              common.table(["run", "plan", "INT8 test [95% CI]", "n", "float test", "val", "uniform", "at chance",
                            "attempts",
-                           "wall s", "train img/s"], rows)]
+                           "wall s", "train img/s", "commit"], rows)]
     ten = _within(runs, TEN_MINUTES_S)
     if ten:
         lines += ["", "Best INT8 test accuracy reached within a 10-minute job (wall), per model and recipe:", ""]

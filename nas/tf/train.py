@@ -274,8 +274,11 @@ class _Run:
         _compile(model, self.task, p, schedule, self.classes)
         monitor = "val_accuracy" if self.task == "classification" else "val_euclidean_error"
         guard, collapse = _NaNGuard(), _CollapseGuard(self.chance, self.counter)
+        # Early stopping watches the second half of the phase only: while the cosine schedule is still high the
+        # validation metric is noisy, and patience 3 cut a 24-epoch float phase of ResNet-8 on CIFAR-10 at
+        # epoch 14 (bench/results/recipe.md, cifar10/resnet8/default/30; docs/training.md).
         callbacks: list[Any] = [guard, collapse, keras.callbacks.EarlyStopping(
-            monitor=monitor, patience=self.patience, restore_best_weights=True,
+            monitor=monitor, patience=self.patience, restore_best_weights=True, start_from_epoch=epochs // 2,
             mode="max" if self.task == "classification" else "min")]
         if self.progress is not None:
             base = {"phase": phase, "phase_epochs": epochs, "metric_name": self.metric_name, "attempt": self.attempt,
