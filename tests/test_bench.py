@@ -46,4 +46,4 @@ def test_throughput_quick(tmp_path):
     (cell,) = row["batches"]
     assert row["model"] == "mnv3-small-0.5-32" and cell["batch"] == 32 and out["quick"] is True
     assert cell["float_img_s"] > 0 and cell["qat_img_s"] > 0 and cell["fit_pipeline_img_s"] > 0
-    assert row["quantize_s"] > 0 and (tmp_path / "throughput_quick.md").is_file()
+    assert all(v > 0 for v in row["quantize_s"]) and (tmp_path / "throughput_quick.md").is_file()  # (wall, CPU) s
