@@ -9,8 +9,11 @@ How each fault is timed, from the outside only:
   ``converter.convert()`` runs, so the worker holds a *third* descriptor on its log file exactly then
   (``/proc/<pid>/fd``); the kill lands inside that window (checked: no ``model_int8.tflite`` afterwards);
 * **during a storage write**: SQLite's rollback journal ``study.db-journal`` exists only while a write
-  transaction is open; the worker is killed the moment it appears (the coordinator is stopped, so the writer is
-  the worker), and the journal still being there afterwards proves the transaction was cut off.
+  transaction is open. The test holds a read transaction (a SHARED lock) on ``study.db``, so the worker's commit
+  waits for its EXCLUSIVE lock with the journal written (SQLite's locking protocol, https://sqlite.org/lockingv3.html);
+  the coordinator is stopped, so the writer is the worker. The worker is killed while it waits, and the journal
+  still being there afterwards proves the transaction was cut off. (Racing the journal's milliseconds of life
+  without the lock failed 5 tries in a row on a loaded CI machine.)
 
 Out of memory: the worker inherits an address-space limit (``RLIMIT_AS``, set for the test's ``nas search`` process
 only) and the space holds a 2048x2048 input whose data preparation cannot fit it. NaN: ``--lr 1e30``.
@@ -244,35 +247,42 @@ def test_sigkill_during_int8_conversion_then_resume(tmp_path):
     assert "killed or interrupted" in records[victim.number].reason
 
 
+def journal_bytes(journal: Path) -> int:
+    try:
+        return journal.stat().st_size
+    except FileNotFoundError:
+        return 0
+
+
 def test_sigkill_during_a_storage_write_then_resume(tmp_path):
     run_dir = tmp_path / "run"
     journal = run_dir / (rundir.STUDY_DB + "-journal")
-    args = tiny_search_args(tmp_path, run_dir, 3)
-    proc = start_search(tmp_path, *args)
-    hot = False
-    before: dict = {}
-    for attempt in range(5):  # the journal lives for milliseconds: try again if the kill came just too late
+    proc = start_search(tmp_path, *tiny_search_args(tmp_path, run_dir, 3))
+    try:
+        wait_for(lambda: (run_dir / "run.yaml").exists(), 300, "the run directory")
+        run = results.Run(run_dir)
+        wait_for(lambda: [t for t in run.frozen_trials() if t.state.name == "COMPLETE"], 600, "a finished trial")
+        before = trained_snapshot(run_dir)
+        (pid,) = wait_for(lambda: workers_of(proc.pid), 120, "the worker")
+        os.kill(proc.pid, signal.SIGSTOP)  # the coordinator stays out of the database: the writer is the worker
+        reader = sqlite3.connect(run_dir / rundir.STUDY_DB, timeout=60, isolation_level=None)
         try:
-            wait_for(lambda: (run_dir / "run.yaml").exists(), 300, "the run directory")
-            run = results.Run(run_dir)
-            wait_for(lambda: [t for t in run.frozen_trials() if t.state.name == "COMPLETE"], 600, "a finished trial")
-            before = trained_snapshot(run_dir)
-            (pid,) = wait_for(lambda: workers_of(proc.pid), 120, "the worker")
-            os.kill(proc.pid, signal.SIGSTOP)  # the coordinator stays out of the database: the writer is the worker
-            deadline = time.monotonic() + 300
-            while not journal.exists():
-                assert time.monotonic() < deadline, "the worker never wrote to the study"
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM sqlite_master").fetchone()  # SHARED lock until COMMIT
+            wait_for(lambda: journal_bytes(journal), 300, "the worker's write transaction", step=0.005)
+            time.sleep(0.2)
+            assert journal_bytes(journal)  # its commit still waits for our lock
             os.kill(pid, signal.SIGKILL)
             wait_for(lambda: is_zombie_or_gone(pid), 30, "the worker to die", step=0.01)
-            hot = journal.exists() and journal.stat().st_size > 0
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=60)
+            hot = journal_bytes(journal) > 0
+            reader.execute("COMMIT")  # a reader ends without touching the journal; the next writer rolls it back
         finally:
-            stop(proc)
-        if hot:
-            break
-        proc = start_search(tmp_path, "--resume", str(run_dir), name=f"retry{attempt}")
-    assert hot, "could not kill the worker inside a write transaction in 5 attempts"
+            reader.close()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        stop(proc)
+    assert hot, "the worker's journal was gone after the kill: the transaction was not cut off"
     # Opening the study rolls the cut-off transaction back; what it left RUNNING must end up interrupted.
     victims = [t.number for t in results.Run(run_dir).frozen_trials() if t.state.name == "RUNNING"]
     resume_to_the_end(run_dir, before, 3, victims)
