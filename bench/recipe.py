@@ -93,7 +93,7 @@ def run_one(job: dict[str, Any], scratch: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     row: dict[str, Any] = {**job, "spec": spec.to_string()}
     try:
-        m = evaluate(spec, job["dataset"], budget, out_dir, seed=job.get("seed", 0))
+        m = evaluate(spec, job["dataset"], budget, out_dir, seed=job.get("seed", 0), report="test")
     except CandidateError as e:
         row.update(failed=str(e), wall_s=round(time.perf_counter() - t0, 1))
         return row

@@ -80,7 +80,7 @@ def train_final(job: dict[str, Any]) -> dict[str, Any]:
     spec = ArchSpec.from_string(job["spec"])  # not load_spec: it stats the string as a path first
     t0 = time.perf_counter()
     metrics = evaluate(spec, job["dataset"], Budget(**job["budget"]), Path(job["out_dir"]), seed=job["seed"],
-                       target=target)
+                       target=target, report="test")
     train_wall = time.perf_counter() - t0
     estimate, _ = search.estimate_record(ArchSpec.from_string(metrics["spec"]), target)
     checks = search.measured_checks(estimate, metrics, target)

@@ -78,7 +78,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                                            "replace it)")
     bar = _TrainBar() if sys.stderr.isatty() else _TrainLog()
     try:
-        metrics = evaluate(spec, args.dataset, budget, out, seed=args.seed, target=target, progress=bar)
+        metrics = evaluate(spec, args.dataset, budget, out, seed=args.seed, target=target, progress=bar,
+                           report="test")
     except CandidateError as e:
         bar.close()
         print(f"nas train: training failed: {e}", file=sys.stderr)
@@ -88,14 +89,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(json.dumps({k: v for k, v in metrics.items() if k != "history"}, indent=2))
         return 0
     name = metrics["metric_name"]
-    n_test = metrics["split_counts"]["test"]
     print(f"spec        {metrics['spec']}")
     print(f"data        {metrics['dataset']} ({metrics['task']}; {metrics['split']})")
     print(f"training    {metrics['plan_text']}")
     for a in metrics["attempts"][:-1]:
         print(f"retried     {a['outcome']} at peak learning rate {a['peak_lr']:.3g}")
     print(f"{name:<12}INT8 {_with_interval(metrics['int8_metric'], metrics.get('int8_interval'))}, float "
-          f"{_with_interval(metrics['float_metric'], metrics.get('float_interval'))} on the {n_test} test "
+          f"{_with_interval(metrics['float_metric'], metrics.get('float_interval'))} on the "
+          f"{metrics['metric_samples']:,} {metrics['metric_split']} "
           f"samples (delta {metrics['quantization_delta']:+.4f}); validation float {metrics['val_float_metric']:.4f}")
     print(f"memory      .tflite {metrics['tflite_bytes']:,} B, TFLM arena {metrics['tflm_arena_bytes']:,} B"
           f" (estimated {metrics['estimated_memory_bytes']:,} B)")

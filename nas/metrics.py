@@ -19,6 +19,16 @@ def metric_value(task: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
     return float(np.mean(np.linalg.norm(y_true.astype(np.float32) - y_pred, axis=-1)))
 
 
+#: what a reported figure was measured on: the search scores ``val`` (and selects on it), a chosen model is
+#: reported on ``test`` (``nas train``, ``nas finalize``); the two never share data
+SPLIT_NAMES = {"val": "validation split (what the search selected on)", "test": "test split"}
+
+
+def split_name(split: str | None) -> str:
+    """``validation split (...)`` / ``test split``: the words every report puts beside a figure."""
+    return SPLIT_NAMES.get(split or "", f"{split} split")
+
+
 Z95 = 1.959964  # two-sided 95% normal quantile
 
 

@@ -36,7 +36,7 @@ import numpy as np
 from nas import rundir
 from nas.errors import UserError
 from nas.formatting import first_line
-from nas.metrics import metric_for
+from nas.metrics import intervals_overlap, metric_for, split_name
 from nas.rundir import RunConfig, TrialFiles, TrialStatus
 from nas.storage import open_storage
 
@@ -56,6 +56,9 @@ class TrialRecord:
     metric_name: str | None = None
     int8_metric: float | None = None
     float_metric: float | None = None
+    int8_interval: tuple[float, float] | None = None  # 95%: Wilson (accuracy) or bootstrap (gaze error)
+    metric_split: str | None = None         # what the metrics were measured on: "val" in a search, "test" after
+    metric_samples: int | None = None       # ... and on how many samples
     memory_bytes: int | None = None         # measured: TFLM arena (tflm) or IMX500 memory model (imx500)
     estimated_memory_bytes: int | None = None
     tflm_arena_bytes: int | None = None
@@ -83,6 +86,13 @@ class TrialRecord:
     def objectives(self) -> tuple[float | None, int | None, float | None]:
         """The search's objectives: INT8 metric, measured memory, energy per inference."""
         return self.int8_metric, self.memory_bytes, self.energy_mj
+
+
+def _interval(value: Any) -> tuple[float, float] | None:
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        return None
+    lo, hi = _num(value[0]), _num(value[1])
+    return None if lo is None or hi is None else (lo, hi)
 
 
 def status_of(state: str, attrs: dict[str, Any]) -> TrialStatus:
@@ -122,6 +132,10 @@ def record_from_trial(trial: Any, run_dir: Path | None = None) -> TrialRecord:
         number=trial.number, status=status, state=state, spec=attrs.get(rundir.ATTR_SPEC), params=dict(trial.params),
         metric_name=metrics.get("metric_name"), int8_metric=_num(metrics.get("int8_metric")),
         float_metric=_num(metrics.get("float_metric")),
+        int8_interval=_interval(metrics.get("int8_interval")),
+        # runs recorded before the search scored validation (tinynas <= 0.4) scored the test split
+        metric_split=(metrics.get("metric_split") or "test") if metrics else None,
+        metric_samples=_int(metrics.get("metric_samples") or (metrics.get("split_counts") or {}).get("test")),
         memory_bytes=_int(metrics.get("measured_memory_bytes")),
         estimated_memory_bytes=_int(est.get("memory_bytes")),
         tflm_arena_bytes=_int(metrics.get("tflm_arena_bytes")), tflite_bytes=_int(metrics.get("tflite_bytes")),
@@ -439,12 +453,14 @@ def pareto_report(run: Run) -> dict[str, Any]:
         "metric_name": name,
         "higher_is_better": higher,
         "summary": run.summary(records).to_dict(),
-        "pareto": [_pareto_row(r) for r in front],
+        "pareto": [_pareto_row(r, front[0]) for r in front],
     }
 
 
-def _pareto_row(r: TrialRecord) -> dict[str, Any]:
+def _pareto_row(r: TrialRecord, best: TrialRecord) -> dict[str, Any]:
     return {"number": r.number, "spec": r.spec, "metric_name": r.metric_name, "int8_metric": r.int8_metric,
+            "int8_interval": r.int8_interval, "metric_split": r.metric_split, "metric_samples": r.metric_samples,
+            "vs_best": versus_best(r, best),
             "float_metric": r.float_metric, "memory_bytes": r.memory_bytes,
             "estimated_memory_bytes": r.estimated_memory_bytes, "tflite_bytes": r.tflite_bytes, "macs": r.macs,
             "latency_ms": r.latency_ms, "energy_mj": r.energy_mj, "model_path": r.model_path}
@@ -462,12 +478,30 @@ def format_pareto(report: dict[str, Any]) -> str:
     if not report["pareto"]:
         lines.append("no feasible trained trial yet")
         return "\n".join(lines)
-    header = f"{'#':>4}  {metric:>13}  {'memory':>10}  {'MACs':>9}  {'latency':>11}  {'energy':>10}  spec"
+    first = report["pareto"][0]
+    n = f", n = {first['metric_samples']:,}" if first["metric_samples"] else ""
+    lines.append(f"INT8 {metric} on the {split_name(first['metric_split'])}{n}, with its 95% interval; 'tied': "
+                 f"the interval overlaps the best's, so the two are not ranked")
+    header = (f"{'#':>4}  {metric:>13}  {'95% interval':>15}  {'vs best':>7}  {'memory':>10}  {'MACs':>9}  "
+              f"{'latency':>11}  {'energy':>10}  spec")
     lines.append(header)
     for p in report["pareto"]:
-        lines.append(f"{p['number']:>4}  {p['int8_metric']:>13.4f}  {p['memory_bytes'] / 1024:>7.1f} KB  "
-                     f"{p['macs'] / 1e6:>7.2f} M  {p['latency_ms']:>8.2f} ms  {p['energy_mj']:>7.3f} mJ  {p['spec']}")
+        ci = p["int8_interval"]
+        ci_text = f"{ci[0]:.4f}-{ci[1]:.4f}" if ci else "-"
+        lines.append(f"{p['number']:>4}  {p['int8_metric']:>13.4f}  {ci_text:>15}  {p['vs_best']:>7}  "
+                     f"{p['memory_bytes'] / 1024:>7.1f} KB  {p['macs'] / 1e6:>7.2f} M  {p['latency_ms']:>8.2f} ms  "
+                     f"{p['energy_mj']:>7.3f} mJ  {p['spec']}")
     return "\n".join(lines)
+
+
+def versus_best(r: TrialRecord, best: TrialRecord) -> str:
+    """``best``, ``tied`` (the 95% intervals overlap: not ranked) or ``worse`` than the best-metric trial
+    ``best``; ``unknown`` when either has no interval (a record from before intervals were kept)."""
+    if r.number == best.number:
+        return "best"
+    if r.int8_interval is None or best.int8_interval is None:
+        return "unknown"
+    return "tied" if intervals_overlap(r.int8_interval, best.int8_interval) else "worse"
 
 
 def format_duration(seconds: float) -> str:

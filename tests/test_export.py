@@ -38,7 +38,8 @@ def nas(*args: str, timeout: int = 600) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained") / "mnist-tiny"
-    evaluate(parse_spec_string(SPEC), "mnist", Budget(epochs=1, learning_rate=0.01, train_limit=600), out)
+    evaluate(parse_spec_string(SPEC), "mnist", Budget(epochs=1, learning_rate=0.01, train_limit=600), out,
+             report="test")
     return out
 
 
@@ -128,7 +129,7 @@ def test_metadata_and_model_card_hold_the_numbers(bundle, trained):
                  f"{meta['metrics']['int8']:.4f}"):
         assert text in card, text
     lo, hi = meta["metrics"]["int8_interval"]
-    assert lo <= meta["metrics"]["int8"] <= hi and meta["metrics"]["test_samples"] == 1000
+    assert lo <= meta["metrics"]["int8"] <= hi and meta["metrics"]["samples"] == 1000
     assert f"(95% CI {lo:.4f}-{hi:.4f}, n = 1,000)" in card  # every accuracy shown carries its interval
     with np.load(bundle / "samples.npz") as s:
         assert s["inputs"].dtype == np.int8 and s["outputs"].dtype == np.int8

@@ -49,7 +49,8 @@ def converter_venv() -> Path:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("trained") / "mnist-imx"
-    evaluate(parse_spec_string(SPEC), "mnist", Budget(epochs=1, learning_rate=0.01, train_limit=600), out)
+    evaluate(parse_spec_string(SPEC), "mnist", Budget(epochs=1, learning_rate=0.01, train_limit=600), out,
+             report="test")
     return out
 
 

@@ -19,7 +19,8 @@ GAZE_SPEC = ("in64x3-w1-cn_r1_k3_s2_c16_re-ir_r1_k3_s2_e3_c24_re-ir_r1_k3_s1_e3_
 
 
 def test_mnist_reaches_95_percent_as_int8_within_one_point_of_float(tmp_path):
-    m = evaluate(parse_spec_string(MNIST_SPEC), "mnist", Budget(epochs=5, learning_rate=0.01), tmp_path)
+    m = evaluate(parse_spec_string(MNIST_SPEC), "mnist", Budget(epochs=5, learning_rate=0.01), tmp_path,
+                 report="test")
     assert m["metric_name"] == "accuracy"
     assert m["int8_metric"] >= 0.95, m["int8_metric"]
     assert abs(m["int8_metric"] - m["float_metric"]) <= 0.01
@@ -32,7 +33,8 @@ def test_mnist_reaches_95_percent_as_int8_within_one_point_of_float(tmp_path):
 def test_gaze_head_beats_predict_the_mean_as_int8(tmp_path):
     from nas.tf.candidate import load_dataset
 
-    m = evaluate(parse_spec_string(GAZE_SPEC), "gaze-synthetic", Budget(epochs=10, learning_rate=0.004), tmp_path)
+    m = evaluate(parse_spec_string(GAZE_SPEC), "gaze-synthetic", Budget(epochs=10, learning_rate=0.004), tmp_path,
+                 report="test")
     ds = load_dataset("gaze-synthetic", 0)
     baseline = float(np.mean(np.linalg.norm(ds.test.y - ds.train.y.mean(axis=0), axis=-1)))
     assert m["metric_name"] == "gaze_error_cm"

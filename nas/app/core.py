@@ -28,6 +28,7 @@ import pandas as pd
 
 from nas import results, rundir
 from nas.errors import UserError
+from nas.metrics import intervals_overlap, split_name
 from nas.storage import dispose, open_storage, study_order
 
 # Trial categories, in drawing order (the front is drawn last, on top).
@@ -275,7 +276,8 @@ def trial_frame(loaded: Loaded, target: Any = None) -> pd.DataFrame:
     """One row per trial. ``target``: a :class:`nas.hardware.Target` to re-evaluate against (None: the run's own
     checks, as stored).
 
-    Columns: ``number status category spec metric float_metric memory_kb memory_basis flash_kb macs_m latency_ms
+    Columns: ``number status category spec metric metric_lo metric_hi metric_n metric_split float_metric
+    memory_kb memory_basis flash_kb macs_m latency_ms
     energy_mj fits violations trial_dir model_path reason train_seconds quant_delta hover`` and ``p:<param>`` for
     every search parameter. ``memory_kb`` is the measured peak memory for trained trials (TFLM arena, or the
     IMX500 memory model) and the analytic estimate for the others; ``memory_basis`` says which.
@@ -288,6 +290,10 @@ def trial_frame(loaded: Loaded, target: Any = None) -> pd.DataFrame:
         "status": status,
         "spec": [r.spec or "" for r in recs],
         "metric": _floats([r.int8_metric for r in recs]),
+        "metric_lo": _floats([r.int8_interval[0] if r.int8_interval else None for r in recs]),
+        "metric_hi": _floats([r.int8_interval[1] if r.int8_interval else None for r in recs]),
+        "metric_n": _floats([r.metric_samples for r in recs]),
+        "metric_split": [r.metric_split or "" for r in recs],
         "float_metric": _floats([r.float_metric for r in recs]),
         "macs_m": _floats([r.macs for r in recs]) / 1e6,
         "trial_dir": [r.trial_dir for r in recs],
@@ -389,17 +395,60 @@ def _fmt(v: float, spec: str) -> str:
     return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, spec)
 
 
+def interval_text(lo: float, hi: float, n: float) -> str:
+    """``95% CI 0.5871-0.6150, n = 1,000``, or ``no interval`` for a trial recorded before intervals were kept."""
+    if lo is None or hi is None or not (np.isfinite(lo) and np.isfinite(hi)):
+        return "no interval"
+    count = f", n = {int(n):,}" if n is not None and np.isfinite(n) else ""
+    return f"95% CI {lo:.4f}-{hi:.4f}{count}"
+
+
+def front_table(front: pd.DataFrame, metric_name: str) -> pd.DataFrame:
+    """The Pareto front as the explorer lists it, best metric first: each INT8 figure with its 95% interval and
+    whether it is distinguishable from the best (``tied`` when the intervals overlap: not ranked)."""
+    out = front[["number", "metric"]].copy()
+    out["95% interval"] = [interval_text(lo, hi, n) for lo, hi, n in
+                           zip(front["metric_lo"], front["metric_hi"], front["metric_n"])]
+    out["vs best"] = versus_first(front)
+    for col in ("float_metric", "memory_kb", "flash_kb", "macs_m", "latency_ms", "energy_mj", "spec"):
+        out[col] = front[col]
+    return out.rename(columns={"metric": f"INT8 {metric_name}", "float_metric": f"float {metric_name}"})
+
+
+def versus_first(front: pd.DataFrame) -> list[str]:
+    """``best`` for the first row, then ``tied`` / ``worse`` by whether each 95% interval overlaps the first's."""
+    if front.empty:
+        return []
+    lo0, hi0 = front["metric_lo"].iloc[0], front["metric_hi"].iloc[0]
+    out = ["best"]
+    for lo, hi in zip(front["metric_lo"].iloc[1:], front["metric_hi"].iloc[1:]):
+        if not all(np.isfinite(v) for v in (lo, hi, lo0, hi0)):
+            out.append("unknown")
+        else:
+            out.append("tied" if intervals_overlap((lo, hi), (lo0, hi0)) else "worse")
+    return out
+
+
+def front_caption(front: pd.DataFrame) -> str:
+    """Which split the front's figures come from, and what 'tied' means."""
+    splits = sorted({s for s in front["metric_split"] if s})
+    where = " and ".join(split_name(s) for s in splits) or "an unrecorded split"
+    return (f"INT8 figures measured on the {where}. 'tied': the 95% interval overlaps the best's, so the two "
+            f"models are not ranked as better and worse.")
+
+
 def hover_texts(df: pd.DataFrame, metric_name: str) -> list[str]:
     """The text shown when hovering a point: the trial's figures and its spec, one block per line."""
     out = []
     cols = zip(df["number"], df["category"], df["metric"], df["float_metric"], df["memory_kb"], df["memory_basis"],
                df["flash_kb"], df["macs_m"], df["latency_ms"], df["energy_mj"], df["violations"], df["spec"],
-               df["status"])
-    for n, cat, m, f, mem, basis, fl, macs, lat, en, viol, spec, status in cols:
+               df["status"], df["metric_lo"], df["metric_hi"], df["metric_n"], df["metric_split"])
+    for n, cat, m, f, mem, basis, fl, macs, lat, en, viol, spec, status, lo, hi, count, split in cols:
         head = f"<b>trial {n}</b> · {CATEGORY_LABELS.get(cat, cat)}"
         lines = [head]
         if status == "trained":
             lines.append(f"{metric_name} INT8 {_fmt(m, '.4f')} (float {_fmt(f, '.4f')})")
+            lines.append(f"{interval_text(lo, hi, count)} on the {split_name(split)}")
         lines.append(f"memory {_fmt(mem, ',.1f')} KB ({basis}) · flash {_fmt(fl, ',.1f')} KB")
         lines.append(f"MACs {_fmt(macs, ',.2f')} M · latency {_fmt(lat, ',.2f')} ms · energy {_fmt(en, '.4g')} mJ")
         if viol:

@@ -27,6 +27,7 @@ import streamlit as st
 
 from nas.app import core, figures
 from nas.formatting import kb
+from nas.metrics import split_name
 
 ENV_SOURCE = "TINYNAS_APP_SOURCE"
 ENV_STORAGE = "TINYNAS_APP_STORAGE"
@@ -285,7 +286,9 @@ def trial_page(loaded: core.Loaded, df: pd.DataFrame, view: pd.DataFrame, target
     if rec.status == "trained":
         int8 = rec.int8_metric
         delta = None if rec.float_metric is None or int8 is None else f"{int8 - rec.float_metric:+.4f} vs float"
-        c[0].metric(f"INT8 {name}", "-" if int8 is None else f"{int8:.4f}", delta=delta, delta_color="off")
+        c[0].metric(f"INT8 {name}", "-" if int8 is None else f"{int8:.4f}", delta=delta, delta_color="off",
+                    help=f"{core.interval_text(row['metric_lo'], row['metric_hi'], row['metric_n'])} on the "
+                         f"{split_name(rec.metric_split)}")
         c[1].metric(f"float {name}", "-" if rec.float_metric is None else f"{rec.float_metric:.4f}")
         est = rec.estimated_memory_bytes
         c[2].metric("peak memory (measured)", kb(row["memory_kb"] * 1024),
@@ -458,10 +461,8 @@ def main() -> None:
                "below.")
     front = view[view["category"] == "front"].sort_values("metric", ascending=not loaded.higher_is_better)
     with st.expander(f"Pareto front: {len(front)} trial(s)", expanded=False):
-        st.dataframe(front[["number", "metric", "float_metric", "memory_kb", "flash_kb", "macs_m", "latency_ms",
-                            "energy_mj", "spec"]].rename(columns={"metric": f"INT8 {name}",
-                                                                  "float_metric": f"float {name}"}),
-                     hide_index=True, width="stretch")
+        st.caption(core.front_caption(front))
+        st.dataframe(core.front_table(front, name), hide_index=True, width="stretch")
     trial_page(loaded, df, view, target, own, target_key, defaults.storage)
     with st.expander(f"All {len(df)} trials"):
         cols = ["number", "status", "category", "metric", "memory_kb", "memory_basis", "flash_kb", "macs_m",

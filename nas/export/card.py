@@ -7,6 +7,7 @@ from typing import Any
 from nas.export.csource import op_resolver_method
 from nas.export.metadata import minus_zero_point, plus_zero_point
 from nas.formatting import bytes_and_kb
+from nas.metrics import split_name
 from nas.spec import ArchSpec
 
 
@@ -30,10 +31,11 @@ def model_card(meta: dict[str, Any], spec: ArchSpec) -> str:
     def fmt(v: float | None, interval: list[float] | None = None) -> str:
         if v is None:
             return "-"
-        n = f", n = {m['test_samples']:,}" if m.get("test_samples") else ""
+        n = f", n = {m['samples']:,}" if m.get("samples") else ""
         return f"{v:.4f}" + (f" (95% CI {interval[0]:.4f}-{interval[1]:.4f}{n})" if interval else "")
 
-    lines += [f"| {metric} (INT8 .tflite, test split) | {fmt(m.get('int8'), m.get('int8_interval'))} |",
+    int8 = fmt(m.get("int8"), m.get("int8_interval"))
+    lines += [f"| {metric} (INT8 .tflite, {split_name(m.get('split'))}) | {int8} |",
               f"| {metric} (float Keras QAT model) | {fmt(m.get('float'), m.get('float_interval'))} |",
               f"| MACs | {meta['macs']:,} |", f"| parameters | {meta['params']:,} |",
               f"| .tflite size | {bytes_and_kb(mem['measured']['tflite_bytes'])} |",

@@ -11,6 +11,7 @@ from nas.export.csource import ARENA_MARGIN_FRACTION, ARENA_MARGIN_MIN
 from nas.export.layout import BUNDLE_FORMAT, CONSTRAINTS, SAMPLES, TFLITE, file_sha256
 from nas.export.trial import Trial
 from nas.formatting import package_versions
+from nas.metrics import split_name
 from nas.spec import ArchSpec
 
 def minus_zero_point(zero_point: int) -> str:
@@ -100,6 +101,8 @@ def bundle_metadata(trial: Trial, name: str, *, target: Any, run_info: dict[str,
                "inference_ms": target.inference_ms(est.macs), "energy_mj": target.energy_mj(est.macs),
                "limits": limits, "fits": all(row["ok"] for row in limits)}
     task = metrics.get("task", dataset.task)
+    split = metrics.get("metric_split") or "test"  # trials recorded before tinynas 0.5 scored the test split
+    samples = metrics.get("metric_samples") or (metrics.get("split_counts") or {}).get(split)
     return {
         "format": BUNDLE_FORMAT,
         "bundle": name,
@@ -112,9 +115,10 @@ def bundle_metadata(trial: Trial, name: str, *, target: Any, run_info: dict[str,
         "metrics": {"name": metrics.get("metric_name"), "higher_is_better": metrics.get("higher_is_better"),
                     "float": metrics.get("float_metric"), "int8": metrics.get("int8_metric"),
                     "int8_interval": metrics.get("int8_interval"), "float_interval": metrics.get("float_interval"),
-                    "test_samples": (metrics.get("split_counts") or {}).get("test"),
+                    "split": split, "samples": samples,
                     "quantization_delta": metrics.get("quantization_delta"),
-                    "evaluated_on": "test split; INT8 figure from the converted model with TFLite reference kernels"},
+                    "evaluated_on": f"{split_name(split)}; INT8 figure from the converted model with "
+                                    f"TFLite reference kernels"},
         "macs": est.macs,
         "params": est.params,
         "memory": memory,

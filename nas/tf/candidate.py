@@ -3,6 +3,10 @@
 ``evaluate(spec, ...)`` trains with INT8 QAT, converts to a full-integer TFLite model, evaluates that
 INT8 model, measures its real memory and writes everything a bundle needs into ``out_dir``. It returns
 plain JSON-ready data; no Optuna object comes in and no TensorFlow object goes out.
+
+Which split it reports on is the caller's choice and is written into the metrics (``metric_split``): the search
+asks for ``val`` (what it optimises; the test split is never read), ``nas train`` and ``nas finalize`` report a
+chosen model on ``test``. Training itself only ever sees train (weights) and val (early stopping).
 """
 from __future__ import annotations
 
@@ -28,7 +32,9 @@ from nas.spec import ArchSpec
 from nas.tf import builder, convert, pipeline, train
 from nas.tf.train import TrainingError
 
-__all__ = ["CandidateError", "evaluate", "load_dataset", "measure_untrained"]
+__all__ = ["CandidateError", "REPORT_SPLITS", "evaluate", "load_dataset", "measure_untrained"]
+
+REPORT_SPLITS = ("val", "test")
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +75,23 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, seed: int = 0,
-             target=None, verbose: int = 0, progress: train.ProgressFn | None = None) -> dict[str, Any]:
-    """Train, convert, evaluate as INT8 and measure one candidate; write its files to ``out_dir``.
+             target=None, verbose: int = 0, progress: train.ProgressFn | None = None,
+             report: str = "val") -> dict[str, Any]:
+    """Train, convert, evaluate as INT8 on the ``report`` split and measure one candidate; write its files to
+    ``out_dir``. ``report="val"`` (the search's default) never touches the test split's labels.
 
     Files (:class:`nas.rundir.TrialFiles`): ``model_int8.tflite``, ``model_qat.h5`` (the trained Keras QAT
     model), ``spec.json`` and ``metrics.json`` (written last: its presence marks a finished candidate).
     """
+    if report not in REPORT_SPLITS:
+        raise ValueError(f"report must be one of {REPORT_SPLITS}, not {report!r}")
     t_start = time.perf_counter()
     files = TrialFiles(Path(out_dir))
     files.path.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(str(dataset), seed)
+    scored = ds.val if report == "val" else ds.test
+    if len(scored.y) == 0:
+        raise CandidateError(f"the {report} split of {dataset} is empty: nothing to score the candidate on")
     spec = train.adapt(spec, ds)
     files.spec.write_text(json.dumps({"spec": spec.to_string(), "arch": spec.to_dict()}, indent=1))
     try:
@@ -91,7 +104,7 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
 
     grid = ds.grid_channels
     x_train = pipeline.prepare(ds.train, spec.resolution, spec.channels, grid)
-    x_test = pipeline.prepare(ds.test, spec.resolution, spec.channels, grid)
+    x_scored = pipeline.prepare(scored, spec.resolution, spec.channels, grid)
     t0 = time.perf_counter()
     try:
         tflite = convert.to_int8(trained.model, x_train, samples=100)
@@ -103,10 +116,10 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         trained.model.save(files.keras, include_optimizer=False)
 
     t0 = time.perf_counter()
-    int8_pred = convert.predict_int8(tflite, x_test)
-    float_pred = trained.model.predict(x_test, verbose=0, batch_size=256)
-    int8_metric = metric_value(ds.task, ds.test.y, int8_pred)
-    float_metric = metric_value(ds.task, ds.test.y, float_pred)
+    int8_pred = convert.predict_int8(tflite, x_scored)
+    float_pred = trained.model.predict(x_scored, verbose=0, batch_size=256)
+    int8_metric = metric_value(ds.task, scored.y, int8_pred)
+    float_metric = metric_value(ds.task, scored.y, float_pred)
     timings["evaluate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     measured = profile.measure(tflite)
@@ -124,9 +137,11 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         "float_metric": float_metric,
         "val_float_metric": trained.val_metric,
         "pretrain_val_metric": trained.pretrain_val_metric,
+        "metric_split": report,             # what int8_metric / float_metric were measured on
+        "metric_samples": int(len(scored.y)),
         "int8_metric": int8_metric,
-        "int8_interval": list(metric_interval(ds.task, ds.test.y, int8_pred)),
-        "float_interval": list(metric_interval(ds.task, ds.test.y, float_pred)),
+        "int8_interval": list(metric_interval(ds.task, scored.y, int8_pred)),
+        "float_interval": list(metric_interval(ds.task, scored.y, float_pred)),
         "split": ds.description.get("split"),
         "split_counts": ds.description.get("counts"),
         "plan_text": trained.plan.describe(),
@@ -154,6 +169,6 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
                        inference_ms=target.inference_ms(est.macs), energy_mj=target.energy_mj(est.macs))
     metrics["seconds"] = round(time.perf_counter() - t_start, 3)
     _write_atomic(files.metrics, json.dumps(metrics, indent=1).encode())
-    log.info("%s: %s INT8 %.4f (float %.4f), arena %d B, %.1f s", spec.to_string()[:60], trained.metric_name,
-             int8_metric, float_metric, measured.tflm_arena_bytes, metrics["seconds"])
+    log.info("%s: %s INT8 %.4f (float %.4f) on %s, arena %d B, %.1f s", spec.to_string()[:60],
+             trained.metric_name, int8_metric, float_metric, report, measured.tflm_arena_bytes, metrics["seconds"])
     return metrics
