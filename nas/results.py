@@ -453,8 +453,13 @@ def pareto_report(run: Run) -> dict[str, Any]:
         "metric_name": name,
         "higher_is_better": higher,
         "summary": run.summary(records).to_dict(),
-        "pareto": [_pareto_row(r, front[0]) for r in front],
+        "pareto": pareto_rows(front),
     }
+
+
+def pareto_rows(front: Sequence[TrialRecord]) -> list[dict[str, Any]]:
+    """The front's rows for ``nas pareto --json``, best metric first, each with ``vs_best``."""
+    return [_pareto_row(r, front[0]) for r in front]
 
 
 def _pareto_row(r: TrialRecord, best: TrialRecord) -> dict[str, Any]:

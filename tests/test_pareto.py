@@ -8,7 +8,8 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
 from nas import results
-from nas.results import TrialRecord, pareto_front, pareto_mask, record_from_trial, summarize
+from nas.results import (TrialRecord, format_pareto, pareto_front, pareto_mask, pareto_rows, record_from_trial,
+                         summarize, versus_best)
 
 
 def brute_force(points):
@@ -161,3 +162,34 @@ def test_in_memory_study_round_trip():
 def test_redact_hides_passwords():
     assert results.redact("postgresql+psycopg2://u:secret@h:5432/db") == "postgresql+psycopg2://u@h:5432/db"
     assert results.redact("sqlite:////tmp/x.db") == "sqlite:////tmp/x.db"
+
+
+def test_a_record_carries_its_split_samples_and_interval_and_old_records_say_test():
+    new = metrics(0.8, 9000) | {"metric_split": "val", "metric_samples": 750, "int8_interval": [0.77, 0.83]}
+    r = record_from_trial(frozen(TrialState.COMPLETE, "trained", [0.8, 9000, 0.5], {}, new))
+    assert (r.metric_split, r.metric_samples, r.int8_interval) == ("val", 750, (0.77, 0.83))
+    old = metrics(0.8, 9000) | {"split_counts": {"train": 3000, "val": 750, "test": 1000}}  # before tinynas 0.5
+    r = record_from_trial(frozen(TrialState.COMPLETE, "trained", [0.8, 9000, 0.5], {}, old))
+    assert (r.metric_split, r.metric_samples, r.int8_interval) == ("test", 1000, None)
+
+
+def test_models_whose_intervals_overlap_the_best_are_tied_not_ranked():
+    def with_ci(n, acc, lo, hi, mem):
+        return TrialRecord(number=n, status="trained", state="COMPLETE", int8_metric=acc, int8_interval=(lo, hi),
+                           metric_split="val", metric_samples=750, memory_bytes=mem, energy_mj=1.0, feasible=True,
+                           macs=10**6, latency_ms=1.0, spec=f"spec{n}")
+
+    best, close, far = with_ci(0, 0.80, 0.77, 0.83, 300), with_ci(1, 0.79, 0.76, 0.82, 200), \
+        with_ci(2, 0.60, 0.56, 0.64, 100)
+    assert [versus_best(r, best) for r in (best, close, far)] == ["best", "tied", "worse"]
+    assert versus_best(rec(3, 0.5, 50, 1.0), best) == "unknown"  # no interval recorded: not ranked either
+
+    records = [far, close, best]
+    report = {"run_dir": "run", "study": "s", "target": "t", "dataset": "d", "metric_name": "accuracy",
+              "summary": summarize(records, 3, "accuracy", True).to_dict(),
+              "pareto": pareto_rows(pareto_front(records, True))}
+    text = format_pareto(report)
+    assert "validation split (what the search selected on), n = 750" in text
+    rows = {line.split()[0]: line for line in text.splitlines() if line.strip()[:1].isdigit()}
+    assert "0.7700-0.8300" in rows["0"] and " best " in rows["0"]
+    assert " tied " in rows["1"] and " worse " in rows["2"]
