@@ -156,6 +156,16 @@ class _TrainLog:
         """Nothing to close: every line is complete when written."""
 
 
+def resolution_line(space: dict[str, Any]) -> str:
+    """The input resolutions the run samples, and why some of the space's are left out."""
+    used, dropped = space.get("resolutions") or [], space.get("resolutions_left_out") or []
+    text = f"input resolutions {', '.join(map(str, used))} px"
+    if not dropped:
+        return text
+    return text + (f"; {', '.join(map(str, dropped))} px left out: the data is {space.get('native_resolution')} px "
+                   f"and larger inputs only upsample it (write 'upsample: true' in the space to search them)")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from nas.tf.convert import evaluate_file
 
@@ -269,6 +279,7 @@ def cmd_search(args: argparse.Namespace) -> int:
               + (f", {budget['train_limit']} training samples" if budget.get("train_limit") else "")
               + (f", learning rate {budget['learning_rate']:g}" if budget.get("learning_rate") else "")
               + f"), sampler {req.sampler}, {plan.workers} worker(s)")
+        print("  " + resolution_line(cfg.space))
     for note in plan.notes():
         print(f"nas search: warning: {note}", file=sys.stderr)
     bar = _SearchBar() if sys.stderr.isatty() else _SearchLog()

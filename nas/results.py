@@ -385,9 +385,9 @@ class Run:
         return load_target(str(self.path / rundir.CONSTRAINTS_FILE))
 
     def space(self) -> Any:
-        from nas.space import load_space
+        from nas.space import load_run_space
 
-        return load_space(str(self.path / rundir.SPACE_FILE))
+        return load_run_space(str(self.path / rundir.SPACE_FILE), self.config.space)
 
     def dataset_description(self) -> dict[str, Any]:
         return json.loads((self.path / rundir.DATASET_FILE).read_text())

@@ -325,7 +325,7 @@ def _first_resolutions(space_file: Path, seed: int, n: int) -> list[int]:
 
 
 def test_out_of_memory_candidate_fails_with_the_reason_and_the_search_goes_on(tmp_path):
-    space = write_space(tmp_path / "oom.yaml", {**TINY, "resolution": [32, 2048]})
+    space = write_space(tmp_path / "oom.yaml", {**TINY, "resolution": [32, 2048], "upsample": True})
     board = tmp_path / "big_board.yaml"
     board.write_text(BIG_BOARD)
     seed = next(s for s in range(50) if set(_first_resolutions(space, s, 3)) == {32, 2048})

@@ -8,8 +8,8 @@ import yaml
 from nas import profile
 from nas.errors import UserError
 from nas.hardware import load_target
-from nas.space import (DataShape, default_space_for, enumerate_points, load_space, resolve_space_path, sample,
-                       space_from_dict, to_spec)
+from nas.space import (DataShape, default_space_for, enumerate_points, load_space, resolutions_for,
+                       resolve_space_path, sample, space_from_dict, to_spec, with_resolutions)
 from nas.spec import ArchSpec
 
 MNIST = DataShape("classification", classes=10, channels=1)
@@ -261,3 +261,35 @@ def test_cli_reports_a_bad_space_on_one_line(tmp_path):
     assert out.stderr.strip().count("\n") == 0
     assert str(path) in out.stderr and "stages[1].act" in out.stderr and "relu6" in out.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_resolutions_above_the_datas_native_one_are_left_out_unless_the_space_upsamples():
+    sp = load_space("mobilenetv3")  # resolution: [32, 64, 96, 128]
+    assert resolutions_for(sp, 96) == (32, 64, 96)      # vww96
+    assert resolutions_for(sp, 32) == (32,)             # CIFAR-10
+    assert resolutions_for(sp, 28) == (32,)             # MNIST: every one is above; the smallest stays
+    assert resolutions_for(sp, None) == (32, 64, 96, 128)
+    up = space_from_dict({**yaml.safe_load(Path(sp.source).read_text()), "upsample": True}, "up.yaml")
+    assert resolutions_for(up, 28) == (32, 64, 96, 128)
+    narrowed = with_resolutions(sp, (32, 64))
+    assert narrowed.resolution.values == (32, 64) and narrowed.stages == sp.stages
+    assert "resolution" in narrowed.parameters()
+    assert "resolution" not in with_resolutions(sp, (32,)).parameters()  # one value: fixed, not searched
+    with pytest.raises(ValueError):
+        with_resolutions(sp, (48,))
+    with pytest.raises(UserError, match="upsample"):
+        space_from_dict({**yaml.safe_load(Path(sp.source).read_text()), "upsample": "yes"}, "bad.yaml")
+
+
+def test_a_new_run_records_its_resolutions_and_its_workers_sample_only_those(tmp_path):
+    from nas import results, search
+    from nas.search.worker import Worker
+
+    req = search.SearchRequest(constraints="mcu_vww.yaml", space="mobilenetv3", dataset="mnist", trials=2,
+                               run_dir=str(tmp_path / "run"), command=("nas", "search"))
+    run_dir = search.create_run(req)
+    recorded = results.open_run(run_dir).config.space
+    assert recorded["resolutions"] == [32] and recorded["resolutions_left_out"] == [64, 96, 128]
+    assert recorded["native_resolution"] == 28
+    assert Worker.load(run_dir).space.resolution.values == (32,)
+    assert results.open_run(run_dir).space().resolution.values == (32,)

@@ -133,6 +133,10 @@ def create_run(req: SearchRequest) -> Path:
         raise UserError("--space", "head.kind", f"a space for {ds.task} data: '{space_path}' has a {sp.head.kind} "
                                                 f"head and data set '{ds.name}' is a {ds.task} set "
                                                 f"(try --space {other})")
+    native = native_resolution(ds.description)
+    resolutions = space_mod.resolutions_for(sp, native)
+    left_out = [int(r) for r in sp.resolution.values if r not in resolutions]
+    sp = space_mod.with_resolutions(sp, resolutions)
     shape = space_mod.DataShape.of(ds)
     flash: list[float] = []
     fraction, smallest = feasible_fraction(sp, shape, target, seed=req.seed, flash=flash)
@@ -169,7 +173,8 @@ def create_run(req: SearchRequest) -> Path:
             dataset=dataset_key(dataset_name),
             task=ds.task,
             space={"file": rundir.SPACE_FILE, "source": str(space_path.resolve()), "name": sp.name,
-                   "parameters": len(sp.parameters()), "size": sp.size(), "feasible_fraction": round(fraction, 3)},
+                   "parameters": len(sp.parameters()), "size": sp.size(), "feasible_fraction": round(fraction, 3),
+                   "resolutions": list(resolutions), "resolutions_left_out": left_out, "native_resolution": native},
             target={"file": rundir.CONSTRAINTS_FILE, "source": str(target_path.resolve()), "name": target.name,
                     "runtime": target.runtime, "limits": target.limits()},
             objectives=[{"name": metric, "direction": "maximize" if higher else "minimize"},
@@ -194,6 +199,12 @@ def create_run(req: SearchRequest) -> Path:
         raise
     log.info("run %s: study %s in %s", run_dir, study_name, results.redact(url))
     return run_dir
+
+
+def native_resolution(description: dict[str, Any]) -> int | None:
+    """The shorter side of the data's images as stored (``native_shape`` in its description), if it has one."""
+    shape = description.get("native_shape")
+    return int(min(shape[0], shape[1])) if shape and len(shape) >= 2 else None
 
 
 def _session(command: Sequence[str], workers: int, trials: int, first_trial: int) -> dict[str, Any]:

@@ -122,7 +122,8 @@ class Worker:
 
         config = RunConfig.load(run_dir)
         desc = json.loads((run_dir / rundir.DATASET_FILE).read_text())
-        return cls(run_dir=run_dir, config=config, space=space_mod.load_space(str(run_dir / rundir.SPACE_FILE)),
+        space = space_mod.load_run_space(str(run_dir / rundir.SPACE_FILE), config.space)
+        return cls(run_dir=run_dir, config=config, space=space,
                    target=load_target(str(run_dir / rundir.CONSTRAINTS_FILE)),
                    shape=space_mod.DataShape.from_description(desc), index=index, train_step=train_step)
 
