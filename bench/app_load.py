@@ -47,12 +47,14 @@ import common  # bench/common.py: run as a script, this folder is first on sys.p
 from nas import results, search
 from nas import space as space_mod
 from nas.hardware import load_target
+from nas.metrics import wilson_interval
 from nas.storage import open_storage
 
 ROOT = Path(__file__).resolve().parent.parent
 
 RESULTS = ROOT / "bench" / "results"
 FAIL_EVERY = 50  # one trial in 50 is a synthetic training failure
+VAL_SAMPLES = 750  # MNIST's validation split (15% of 5,000): what a synthetic accuracy is "measured" on
 
 
 def _timed(fn: Callable[[], Any], repeat: int) -> tuple[float, Any]:
@@ -112,6 +114,8 @@ def generate(run_dir: Path, n: int, seed: int = 0) -> dict[str, Any]:
             tflite = int(round(estimate["flash_bytes"] * (1 + noise.normal(0, 0.02))))
             metrics = {"spec": spec.to_string(), "dataset": "mnist", "task": "classification",
                        "metric_name": "accuracy", "higher_is_better": True, "float_metric": flt, "int8_metric": acc,
+                       "metric_split": "val", "metric_samples": VAL_SAMPLES,
+                       "int8_interval": list(wilson_interval(round(acc * VAL_SAMPLES), VAL_SAMPLES)),
                        "quantization_delta": acc - flt, "tflite_bytes": tflite, "tflm_arena_bytes": arena,
                        "imx500_bytes": int(estimate["onchip_bytes"]), "measured_memory_bytes": arena,
                        "estimated_memory_bytes": estimate["memory_bytes"],
@@ -215,7 +219,7 @@ def apptest(run_dir: Path, repeat: int) -> dict[str, Any]:
         s.set_value((lo, hi * 0.4)).run()
         slider_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
-        at.selectbox(key="colour").set_value("p:resolution").run()
+        at.selectbox(key="colour").set_value("p:width").run()
         colour_s.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         at.selectbox(key="target_choice").set_value("coral_micro").run()
