@@ -15,6 +15,7 @@ from typing import Any, NoReturn, Sequence
 
 from nas.budget import RECIPES
 from nas.errors import UserError
+from nas.finalize import DEFAULT_EPOCHS as FINALIZE_EPOCHS
 from nas.formatting import kb
 
 
@@ -323,12 +324,92 @@ def cmd_search(args: argparse.Namespace) -> int:
 def cmd_pareto(args: argparse.Namespace) -> int:
     from nas import results
 
-    report = results.pareto_report(results.open_run(args.run_dir, args.storage))
+    from nas import finalize
+
+    run = results.open_run(args.run_dir, args.storage)
+    report = results.pareto_report(run)
+    models = finalize.read_finalized(run.path)
+    report["finalized"] = [m.to_dict() for m in models]
     if args.json:
         print(json.dumps(report, indent=2))
-    else:
-        print(results.format_pareto(report))
+        return 0
+    print(results.format_pareto(report))
+    if models:
+        print("\nFinalized by nas finalize (retrained with a full budget; nas export ships these):")
+        print(format_finalized(models, run.metric[1]))
+    elif report["pareto"]:
+        print(f"\nThese are search-time figures. Next: nas finalize {run.path}   (retrain the front, report it on "
+              f"the test split)")
     return 0
+
+
+def cmd_finalize(args: argparse.Namespace) -> int:
+    from nas import finalize, results
+    from nas.budget import Budget
+    from nas.errors import CandidateError
+
+    run = results.open_run(args.run_dir, args.storage)
+    records = run.trials()
+    picked = finalize.select(run, records, top=args.top, trials=args.trials)
+    if args.seeds < 1:
+        raise UserError("--seeds", "seeds", f"a positive number of training seeds, got {args.seeds}")
+    try:
+        budget = Budget(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.lr,
+                        train_limit=args.train_limit, recipe=args.recipe)
+    except ValueError as e:
+        raise UserError("command line", "budget", str(e)) from None
+    seeds = list(range(args.seeds))
+    print(f"Finalizing trial(s) {', '.join(str(r.number) for r in picked)} of {run.path} with {args.epochs} epochs"
+          f" ({'all training samples' if args.train_limit is None else f'{args.train_limit} training samples'}), "
+          f"seed(s) {', '.join(map(str, seeds))}; INT8 figures on the test split", file=sys.stderr)
+    bars: list[Any] = []
+
+    def progress(i: int, total: int, trial: int, seed: int) -> Any:
+        print(f"finalize: model {i + 1}/{total}: trial {trial}, seed {seed}", file=sys.stderr, flush=True)
+        bars.append(_TrainBar() if sys.stderr.isatty() else _TrainLog())
+        return bars[-1]
+
+    try:
+        models = finalize.finalize(run, picked, budget, seeds, force=args.force, progress=progress)
+    except CandidateError as e:
+        for b in bars:
+            b.close()
+        print(f"nas finalize: training failed: {e}; finished models are kept, run the same command to continue",
+              file=sys.stderr)
+        return 1
+    mine = [m for m in models if m.trial in {r.number for r in picked} and m.seed in seeds]
+    if args.json:
+        print(json.dumps([m.to_dict() for m in mine], indent=2))
+        return 0
+    print(format_finalized(mine, run.metric[1]))
+    print(f"Next: nas export {run.path} --best {run.metric[0]} --out bundles   (ships the finalized model)")
+    return 0
+
+
+def format_finalized(models: Sequence[Any], higher_is_better: bool) -> str:
+    """The finalized models: test figures with their intervals, and which seed of each trial ships (by
+    validation). 'tied': the test interval overlaps the best test figure's, so the two are not ranked."""
+    from nas.finalize import chosen
+    from nas.metrics import intervals_overlap
+
+    if not models:
+        return "no finalized model"
+    ships = {m.path for m in chosen(models, higher_is_better).values()}
+    top = max(models, key=lambda m: m.test_metric if higher_is_better else -m.test_metric)
+    name = models[0].metric_name
+    lines = [f"INT8 {name} on the test split (n = {models[0].test_samples:,}; 95% intervals) and on the validation "
+             f"split; 'ships': the seed nas export takes (best validation); 'tied': the test interval overlaps the "
+             f"best's",
+             f"{'trial':>5}  {'seed':>4}  {'val ' + name:>13}  {'test ' + name:>14}  {'95% interval':>15}  "
+             f"{'vs best':>7}  {'memory':>10}  {'flash':>10}  {'MACs':>9}  {'fits':>4}  ships"]
+    for m in models:
+        ci = f"{m.test_interval[0]:.4f}-{m.test_interval[1]:.4f}" if m.test_interval else "-"
+        vs = "best" if m is top else ("tied" if m.test_interval and top.test_interval
+                                       and intervals_overlap(m.test_interval, top.test_interval) else "worse")
+        lines.append(f"{m.trial:>5}  {m.seed:>4}  {m.val_metric:>13.4f}  {m.test_metric:>14.4f}  {ci:>15}  {vs:>7}  "
+                     f"{kb(m.memory_bytes):>10}  {kb(m.tflite_bytes):>10}  {m.macs / 1e6:>7.2f} M  "
+                     f"{'yes' if m.feasible else 'NO':>4}  {'yes' if m.path in ships else ''}")
+    return "\n".join(lines)
 
 
 def _add_search_parsers(sub) -> None:
@@ -370,6 +451,29 @@ def _add_search_parsers(sub) -> None:
     pa.add_argument("--storage", help="storage URL with a password, when run.yaml's needs one")
     pa.add_argument("--json", action="store_true", help="print one JSON object")
     pa.set_defaults(func=cmd_pareto)
+
+    fi = sub.add_parser("finalize", help="retrain a run's best candidates with a full budget; report them on the "
+                                         "test split",
+                        description="Retrain the Pareto-optimal feasible trials of a search run (or --top K by "
+                                    "validation metric, or --trials N ...) from scratch with a full budget and one "
+                                    "or more seeds, as INT8 QAT; convert, measure, check the limits and evaluate "
+                                    "the INT8 model on the test split. Models go to RUN_DIR/finalized/; nas "
+                                    "export, nas pareto and the explorer prefer them. Run it again to continue.")
+    fi.add_argument("run_dir", help="a run directory made by nas search")
+    which = fi.add_mutually_exclusive_group()
+    which.add_argument("--top", type=int, help="the K feasible trials with the best validation metric")
+    which.add_argument("--trials", type=int, nargs="+", metavar="N", help="these trial numbers")
+    fi.add_argument("--epochs", type=int, default=FINALIZE_EPOCHS,
+                    help=f"training epochs in all, float then QAT (default {FINALIZE_EPOCHS})")
+    fi.add_argument("--seeds", type=int, default=1, help="train each trial with seeds 0..N-1 (default 1)")
+    fi.add_argument("--train-limit", type=int, help="use at most this many training samples (default: all)")
+    fi.add_argument("--batch-size", type=int, help="default: the recipe's (up to 128)")
+    fi.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, scaled to the batch)")
+    fi.add_argument("--recipe", choices=sorted(RECIPES), default="default", help="training recipe (default: default)")
+    fi.add_argument("--force", action="store_true", help="retrain models finalized before with another budget")
+    fi.add_argument("--storage", help="storage URL with a password, when run.yaml's needs one")
+    fi.add_argument("--json", action="store_true", help="print the finalized models as JSON")
+    fi.set_defaults(func=cmd_finalize)
 
 
 # -- nas export / nas verify / nas imx500 ---------------------------------------------------------------

@@ -39,6 +39,8 @@ DATASET_FILE = "dataset.json"
 STUDY_DB = "study.db"
 TRIALS_DIR = "trials"
 LOGS_DIR = "logs"
+FINALIZED_DIR = "finalized"  # nas finalize: finalized/<trial>/seed<k>/, each a TrialFiles folder plus FINAL_FILE
+FINAL_FILE = "final.json"    # written last by nas finalize: the model's verdict on the limits
 
 # Files of one trained candidate (nas.tf.candidate.evaluate writes them; export and nas evaluate read them).
 MODEL_FILE = "model_int8.tflite"
@@ -123,6 +125,11 @@ class TrialFiles:
     def finished(self) -> bool:
         """``metrics.json`` is written last: its presence marks a candidate whose files are all there."""
         return self.metrics.is_file()
+
+
+def finalized_dir(run_dir: Path | str, trial: int, seed: int) -> Path:
+    """``RUN_DIR/finalized/<trial>/seed<k>``: one retrained model of ``nas finalize``."""
+    return Path(run_dir) / FINALIZED_DIR / str(trial) / f"seed{seed}"
 
 
 def relative_trial_dir(number: int) -> str:

@@ -26,7 +26,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from nas import results, rundir
+from nas import finalize, results, rundir
 from nas.errors import UserError
 from nas.metrics import intervals_overlap, split_name
 from nas.storage import dispose, open_storage, study_order
@@ -81,6 +81,7 @@ class Loaded:
     dataset: str | None = None
     seconds: float = 0.0                   # how long the read took
     note: str | None = None                # a warning to show (e.g. no run directory here)
+    finalized: dict[int, Any] = field(default_factory=dict)  # trial -> its chosen nas.finalize.FinalModel
     loaded_at: float = field(default_factory=time.time)
 
     def fingerprint(self) -> tuple[int, tuple[tuple[str, int], ...]]:
@@ -208,7 +209,8 @@ def _from_run(run: results.Run, source: str, studies: list[str]) -> Loaded:
     return Loaded(source=source, url=results.redact(run.url), study_name=run.study_name, studies=studies,
                   records=records, metric_name=name, higher_is_better=higher, run_dir=str(run.path),
                   run_id=run.run_id, budget=run.budget, target_path=str(run.path / rundir.CONSTRAINTS_FILE),
-                  target_name=target.get("name"), runtime=target.get("runtime"), dataset=cfg.dataset)
+                  target_name=target.get("name"), runtime=target.get("runtime"), dataset=cfg.dataset,
+                  finalized=finalize.chosen(finalize.read_finalized(run.path), higher))
 
 
 def _load_from_storage(url: str, study: str | None, source: str) -> Loaded:
@@ -302,6 +304,11 @@ def trial_frame(loaded: Loaded, target: Any = None) -> pd.DataFrame:
         "train_seconds": _floats([r.train_seconds for r in recs]),
     })
     df["quant_delta"] = df["metric"] - df["float_metric"]
+    finals = [loaded.finalized.get(r.number) for r in recs]
+    df["final_test"] = _floats([f.test_metric if f else None for f in finals])
+    df["final_lo"] = _floats([f.test_interval[0] if f and f.test_interval else None for f in finals])
+    df["final_hi"] = _floats([f.test_interval[1] if f and f.test_interval else None for f in finals])
+    df["final_n"] = _floats([f.test_samples if f else None for f in finals])
     measured = _floats([r.memory_bytes for r in recs])
     estimated = _floats([r.estimated_memory_bytes for r in recs])
     run_runtime = loaded.runtime or "tflm"
@@ -410,6 +417,11 @@ def front_table(front: pd.DataFrame, metric_name: str) -> pd.DataFrame:
     out["95% interval"] = [interval_text(lo, hi, n) for lo, hi, n in
                            zip(front["metric_lo"], front["metric_hi"], front["metric_n"])]
     out["vs best"] = versus_first(front)
+    if front["final_test"].notna().any():
+        out[f"finalized: test {metric_name}"] = front["final_test"]
+        out["finalized: 95% interval"] = [interval_text(lo, hi, n) if np.isfinite(t) else "not finalized" for
+                                          t, lo, hi, n in zip(front["final_test"], front["final_lo"],
+                                                              front["final_hi"], front["final_n"])]
     for col in ("float_metric", "memory_kb", "flash_kb", "macs_m", "latency_ms", "energy_mj", "spec"):
         out[col] = front[col]
     return out.rename(columns={"metric": f"INT8 {metric_name}", "float_metric": f"float {metric_name}"})
@@ -433,8 +445,10 @@ def front_caption(front: pd.DataFrame) -> str:
     """Which split the front's figures come from, and what 'tied' means."""
     splits = sorted({s for s in front["metric_split"] if s})
     where = " and ".join(split_name(s) for s in splits) or "an unrecorded split"
-    return (f"INT8 figures measured on the {where}. 'tied': the 95% interval overlaps the best's, so the two "
-            f"models are not ranked as better and worse.")
+    final = (" Finalized columns: the model nas finalize retrained with a full budget, on the test split (read "
+             "only to report it)." if front["final_test"].notna().any() else "")
+    return (f"Search-time INT8 figures measured on the {where}. 'tied': the 95% interval overlaps the best's, so "
+            f"the two models are not ranked as better and worse.{final}")
 
 
 def hover_texts(df: pd.DataFrame, metric_name: str) -> list[str]:

@@ -290,6 +290,12 @@ def trial_page(loaded: core.Loaded, df: pd.DataFrame, view: pd.DataFrame, target
                     help=f"{core.interval_text(row['metric_lo'], row['metric_hi'], row['metric_n'])} on the "
                          f"{split_name(rec.metric_split)}")
         c[1].metric(f"float {name}", "-" if rec.float_metric is None else f"{rec.float_metric:.4f}")
+        final = loaded.finalized.get(n)
+        if final is not None:
+            lo, hi = final.test_interval or (float("nan"), float("nan"))
+            st.caption(f"Finalized (nas finalize, {final.budget.get('epochs')} epochs, seed {final.seed}): INT8 "
+                       f"{name} {final.test_metric:.4f} on the test split "
+                       f"({core.interval_text(lo, hi, final.test_samples)}); nas export ships this model.")
         est = rec.estimated_memory_bytes
         c[2].metric("peak memory (measured)", kb(row["memory_kb"] * 1024),
                     delta=None if est is None else f"estimated {kb(est)}", delta_color="off",

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from nas import finalize
 from nas.errors import UserError
 from nas.export.card import model_card
 from nas.export.csource import arena_with_margin, c_array_source, c_header
@@ -163,7 +164,8 @@ def export(source: Path | str, out_dir: Path | str, *, trial: int | None = None,
 
     run = results.open_run(src, storage)
     records = run.trials()
-    picked = select_trials(run, trial=trial, pareto=pareto, best=best, records=records)
+    finals = finalize.chosen(finalize.read_finalized(run.path), run.metric[1])
+    picked = select_trials(run, trial=trial, pareto=pareto, best=best, records=records, finals=finals)
     front = {r.number for r in run.pareto(records)}
     selected_by = (f"--trial {trial}" if trial is not None else "--pareto" if pareto else f"--best {best}")
     target = tgt or run.target()
@@ -176,7 +178,11 @@ def export(source: Path | str, out_dir: Path | str, *, trial: int | None = None,
     for r, n in zip(picked, names):
         if r.violations:
             log.warning("trial %d breaks the limits %s of %s", r.number, ", ".join(r.violations), target.name)
-        bundles.append(export_trial(run.path / r.trial_dir, out, name=n, target=target,
-                                    run_info=source_info(run, r, selected_by, front), force=force,
+        final = finals.get(r.number)
+        folder = final.path if final else run.path / r.trial_dir
+        log.info("trial %d: exporting %s", r.number, f"its finalized model (seed {final.seed})" if final else
+                 "its search-time model (no finalized one: nas finalize retrains it and reports it on test)")
+        bundles.append(export_trial(folder, out, name=n, target=target,
+                                    run_info=source_info(run, r, selected_by, front, final), force=force,
                                     zip_bundle=zip_bundle, imx500=imx500, imx500_venv=imx500_venv, samples=samples))
     return bundles

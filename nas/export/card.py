@@ -35,6 +35,18 @@ def model_card(meta: dict[str, Any], spec: ArchSpec) -> str:
         return f"{v:.4f}" + (f" (95% CI {interval[0]:.4f}-{interval[1]:.4f}{n})" if interval else "")
 
     int8 = fmt(m.get("int8"), m.get("int8_interval"))
+    src = meta.get("source") or {}
+    final = src.get("finalized")
+    if final:
+        epochs = (final.get("budget") or {}).get("epochs")
+        was = final.get("search_metric")
+        was_text = "" if was is None else f" ({was:.4f} after its short search budget)"
+        lines[-4:-4] = [f"Trial {src.get('trial')} of the search, retrained by `nas finalize` ({epochs} epochs, seed "
+                        f"{final['seed']}); the search chose it on the validation split{was_text} and the test "
+                        f"split below was read only to report it.", ""]
+    elif src.get("trial") is not None:
+        lines[-4:-4] = [f"Trial {src.get('trial')} of the search, as trained during the search (short budget). "
+                        f"`nas finalize` retrains it with a full budget and reports it on the test split.", ""]
     lines += [f"| {metric} (INT8 .tflite, {split_name(m.get('split'))}) | {int8} |",
               f"| {metric} (float Keras QAT model) | {fmt(m.get('float'), m.get('float_interval'))} |",
               f"| MACs | {meta['macs']:,} |", f"| parameters | {meta['params']:,} |",

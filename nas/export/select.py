@@ -2,7 +2,7 @@
 :mod:`nas.results`, and what a bundle records about where each came from."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from nas.errors import UserError
 
@@ -10,8 +10,13 @@ BEST_METRICS = ("int8_metric", "float_metric", "memory_bytes", "energy_mj", "lat
 
 
 def select_trials(run: Any, *, trial: int | None = None, pareto: bool = False, best: str | None = None,
-                  records: Sequence[Any] | None = None) -> list[Any]:
-    """The trials of ``run`` (a :class:`nas.results.Run`) to export, as :class:`nas.results.TrialRecord`."""
+                  records: Sequence[Any] | None = None, finals: Mapping[int, Any] | None = None) -> list[Any]:
+    """The trials of ``run`` (a :class:`nas.results.Run`) to export, as :class:`nas.results.TrialRecord`.
+
+    ``finals``: the run's chosen finalized models by trial (:func:`nas.finalize.chosen`). When there are any,
+    ``--best <metric>`` picks among the finalized feasible trials by their *validation* INT8 metric: they were
+    trained with the full budget, so they are compared with each other, not with short search-time figures.
+    """
     records = list(records if records is not None else run.trials())
     trained = [r for r in records if r.status == "trained" and r.trial_dir]
     chosen = sum(x is not None and x is not False for x in (trial, pareto or None, best))
@@ -32,6 +37,11 @@ def select_trials(run: Any, *, trial: int | None = None, pareto: bool = False, b
         return front
     metric_name, higher = run.metric
     key = "int8_metric" if best == metric_name else best
+    fitting = {n: f for n, f in (finals or {}).items() if f.feasible}
+    if key == "int8_metric" and fitting:
+        sign = -1.0 if higher else 1.0
+        number = min(fitting.values(), key=lambda f: (sign * f.val_metric, f.trial)).trial
+        return [r for r in trained if r.number == number]
     if key not in BEST_METRICS:
         from nas.errors import did_you_mean
 
@@ -44,10 +54,16 @@ def select_trials(run: Any, *, trial: int | None = None, pareto: bool = False, b
     return [min(pool, key=lambda r: (sign * float(getattr(r, key)), r.number))]
 
 
-def source_info(run: Any, record: Any, selected_by: str, front: set[int]) -> dict[str, Any]:
-    """metadata.json's ``source`` for a trial of ``run``: the run, the trial, how it was chosen, its verdict."""
+def source_info(run: Any, record: Any, selected_by: str, front: set[int], final: Any = None) -> dict[str, Any]:
+    """metadata.json's ``source`` for a trial of ``run``: the run, the trial, how it was chosen, its verdict, and
+    the finalized model exported in place of the search-time one (``final``), if any."""
     cfg = run.config
+    finalized = None if final is None else {
+        "seed": final.seed, "folder": str(final.path), "budget": final.budget, "val_metric": final.val_metric,
+        "val_interval": final.val_interval, "search_metric": record.int8_metric,
+        "search_metric_split": record.metric_split}
     return {"run_dir": str(run.path), "study": run.study_name, "run_id": run.run_id, "trial": record.number,
+            "finalized": finalized,
             "selected_by": selected_by, "feasible": record.feasible, "pareto_optimal": record.number in front,
             "violations": list(record.violations), "run_dataset": cfg.dataset, "run_seed": cfg.seed,
             "run_budget": cfg.budget, "constraints_source": (cfg.target or {}).get("source"),

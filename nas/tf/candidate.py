@@ -76,9 +76,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, seed: int = 0,
              target=None, verbose: int = 0, progress: train.ProgressFn | None = None,
-             report: str = "val") -> dict[str, Any]:
+             report: str = "val", data_seed: int | None = None) -> dict[str, Any]:
     """Train, convert, evaluate as INT8 on the ``report`` split and measure one candidate; write its files to
     ``out_dir``. ``report="val"`` (the search's default) never touches the test split's labels.
+
+    ``seed`` seeds the weights and the batch order; ``data_seed`` (default: ``seed``) the train/val/test split,
+    so ``nas finalize`` can retrain with several seeds on exactly the split its search used.
 
     Files (:class:`nas.rundir.TrialFiles`): ``model_int8.tflite``, ``model_qat.h5`` (the trained Keras QAT
     model), ``spec.json`` and ``metrics.json`` (written last: its presence marks a finished candidate).
@@ -88,7 +91,8 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
     t_start = time.perf_counter()
     files = TrialFiles(Path(out_dir))
     files.path.mkdir(parents=True, exist_ok=True)
-    ds = load_dataset(str(dataset), seed)
+    data_seed = seed if data_seed is None else data_seed
+    ds = load_dataset(str(dataset), data_seed)
     scored = ds.val if report == "val" else ds.test
     if len(scored.y) == 0:
         raise CandidateError(f"the {report} split of {dataset} is empty: nothing to score the candidate on")
@@ -120,6 +124,9 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
     float_pred = trained.model.predict(x_scored, verbose=0, batch_size=256)
     int8_metric = metric_value(ds.task, scored.y, int8_pred)
     float_metric = metric_value(ds.task, scored.y, float_pred)
+    # the validation INT8 figure always: it is what picks among finalized models, never the test one
+    val_pred = int8_pred if report == "val" else convert.predict_int8(
+        tflite, pipeline.prepare(ds.val, spec.resolution, spec.channels, grid))
     timings["evaluate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     measured = profile.measure(tflite)
@@ -136,6 +143,9 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         "higher_is_better": trained.higher_is_better,
         "float_metric": float_metric,
         "val_float_metric": trained.val_metric,
+        "val_int8_metric": metric_value(ds.task, ds.val.y, val_pred),
+        "val_int8_interval": list(metric_interval(ds.task, ds.val.y, val_pred)),
+        "val_samples": int(len(ds.val.y)),
         "pretrain_val_metric": trained.pretrain_val_metric,
         "metric_split": report,             # what int8_metric / float_metric were measured on
         "metric_samples": int(len(scored.y)),
@@ -160,7 +170,8 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         "params": est.params,
         "input_quantization": convert.input_quantization(tflite),
         "budget": budget.to_dict(),
-        "seed": seed,
+        "seed": data_seed,                  # the split's seed: what nas evaluate / nas export load the data with
+        "train_seed": seed,
         "history": trained.history,
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
