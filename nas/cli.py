@@ -10,6 +10,7 @@ import json
 import logging
 import re
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn, Sequence
 
@@ -192,12 +193,31 @@ def _progress_text(s) -> str:
             f"{s.metric_name} {best}, memory {kb(s.best_memory_bytes)}, energy {energy}")
 
 
-class _SearchBar:
-    """tqdm bar for a search: trials used / budget, feasible vs rejected, the best of each objective, ETA."""
+def _duration(text: str) -> float:
+    from nas.formatting import parse_duration
 
-    def __init__(self) -> None:
+    try:
+        return parse_duration(text)
+    except ValueError as e:
+        raise UserError("--time", "time", str(e)) from None
+
+
+def _time_left(deadline: float | None) -> str:
+    if deadline is None:
+        return ""
+    from nas.results import format_duration
+
+    return f" | time left {format_duration(max(0.0, deadline - time.time()))}"
+
+
+class _SearchBar:
+    """tqdm bar for a search: trials used / budget, feasible vs rejected, the best of each objective, ETA; and
+    the time left of a --time budget."""
+
+    def __init__(self, deadline: float | None = None) -> None:
         self.bar: Any = None  # a tqdm bar once the first summary comes (tqdm ships no type information)
         self.used = 0
+        self.deadline = deadline
 
     def __call__(self, s) -> None:
         from tqdm import tqdm
@@ -212,7 +232,7 @@ class _SearchBar:
         if used > self.used:
             self.bar.update(used - self.used)
             self.used = used
-        self.bar.set_postfix_str(_progress_text(s))
+        self.bar.set_postfix_str(_progress_text(s) + _time_left(self.deadline))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -223,8 +243,9 @@ class _SearchLog:
     """Progress for a pipe or a file (``nas search ... 2>&1 | tee log``): a tqdm bar would write a line every
     refresh; this writes one line per finished candidate, and at most every ``quiet_s`` seconds otherwise."""
 
-    def __init__(self, quiet_s: float = 30.0) -> None:
+    def __init__(self, quiet_s: float = 30.0, deadline: float | None = None) -> None:
         self.quiet_s = quiet_s
+        self.deadline = deadline
         self.used: int | None = None
         self.last = 0.0
 
@@ -235,7 +256,8 @@ class _SearchLog:
         if s.used == self.used and now - self.last < self.quiet_s:
             return
         self.used, self.last = s.used, now
-        print(f"search: {min(s.used, s.budget)}/{s.budget} trained or failed | {_progress_text(s)}",
+        print(f"search: {min(s.used, s.budget)}/{s.budget} trained or failed | {_progress_text(s)}"
+              f"{_time_left(self.deadline)}",
               file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -245,7 +267,9 @@ class _SearchLog:
 def cmd_search(args: argparse.Namespace) -> int:
     from nas import results, search
 
+    started = time.time()  # a --time budget counts from here: loading the data is part of it
     command = ["nas", *sys.argv[1:]]
+    time_s = _duration(args.time) if args.time is not None else None
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in _FROM_RUN_DIR if getattr(args, k) is not None]
         if given:
@@ -253,7 +277,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                                                   "(only --trials, --workers, --storage and "
                                                   "--max-consecutive-failures may be given)")
         run_dir = search.resume_run(args.resume, trials=args.trials, workers=args.workers, storage=args.storage,
-                                    command=command, max_consecutive_failures=args.max_consecutive_failures)
+                                    command=command, max_consecutive_failures=args.max_consecutive_failures,
+                                    time_s=time_s, started_at=started)
         run = results.open_run(run_dir, args.storage)
         plan = search.plan_workers(args.workers, run.budget - run.summary().used)
         print(f"Resuming {run_dir}")
@@ -263,7 +288,9 @@ def cmd_search(args: argparse.Namespace) -> int:
                                                            "or --resume RUN_DIR")
         req = search.SearchRequest(
             constraints=args.constraints, space=args.space, dataset=args.dataset,
-            trials=search.DEFAULT_TRIALS if args.trials is None else args.trials,
+            trials=(args.trials if args.trials is not None else
+                    search.TIMED_TRIALS if time_s is not None else search.DEFAULT_TRIALS),
+            time_s=time_s, started_at=started,
             epochs=search.DEFAULT_EPOCHS if args.epochs is None else args.epochs, train_limit=args.train_limit,
             learning_rate=args.lr, sampler=args.sampler or "tpe", workers=args.workers, storage=args.storage,
             run_dir=args.run_dir, seed=0 if args.seed is None else args.seed, command=tuple(command),
@@ -276,14 +303,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         plan = search.plan_workers(req.workers, run.budget)  # a new run: every candidate is still to train
         print(f"Run directory: {run_dir}")
         print(f"  data {cfg.dataset}, space {cfg.space['name']}, target "
-              f"{cfg.target['name']}; {req.trials} candidates to train ({budget['epochs']} training epochs"
+              f"{cfg.target['name']}; "
+              + (f"candidates for {results.format_duration(time_s)}" + (f" (at most {req.trials})" if args.trials
+                                                                         else "")
+                 if time_s is not None else f"{req.trials} candidates to train")
+              + f" ({budget['epochs']} training epochs"
               + (f", {budget['train_limit']} training samples" if budget.get("train_limit") else "")
               + (f", learning rate {budget['learning_rate']:g}" if budget.get("learning_rate") else "")
               + f"), sampler {req.sampler}, {plan.workers} worker(s)")
         print("  " + resolution_line(cfg.space))
     for note in plan.notes():
         print(f"nas search: warning: {note}", file=sys.stderr)
-    bar = _SearchBar() if sys.stderr.isatty() else _SearchLog()
+    deadline = results.open_run(run_dir, args.storage).config.sessions[-1].get("deadline")
+    bar = _SearchBar(deadline) if sys.stderr.isatty() else _SearchLog(deadline=deadline)
     try:
         outcome = search.execute(run_dir, workers=args.workers, storage=args.storage, progress=bar)
     except KeyboardInterrupt:
@@ -423,7 +455,10 @@ def _add_search_parsers(sub) -> None:
     se.add_argument("--space", help="search-space file: a path or a shipped name (default: mobilenetv3.yaml for "
                                     "classification, tinytracker.yaml for gaze data)")
     se.add_argument("--dataset", help="mnist (default, embedded), faces, gaze-synthetic, or a folder")
-    se.add_argument("--trials", type=int, help="candidates to train; rejected ones do not count (default 20)")
+    se.add_argument("--trials", type=int, help="candidates to train; rejected ones do not count (default 20, or "
+                                               "no limit but the time with --time)")
+    se.add_argument("--time", help="wall-clock budget, e.g. 10m, 1h30m: no candidate starts after it (nor when less "
+                                   "is left than a median candidate took); the command's start counts")
     se.add_argument("--epochs", type=int, help="training epochs per candidate, float then QAT (default 2: one of "
                                                "each)")
     se.add_argument("--lr", type=float, help="peak learning rate of each candidate (default: the recipe's, 3e-3 "

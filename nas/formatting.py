@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import platform
+import re
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
@@ -62,3 +63,15 @@ def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             continue
     return out
+
+
+_DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``10m``, ``1h``, ``1h30m`` or ``2.5h``; ``ValueError`` for anything else."""
+    m = _DURATION.match(str(text))
+    if not m or not any(m.groups()):
+        raise ValueError(f"a duration such as 10m, 1h30m or 90s, got {text!r}")
+    h, mins, secs = (float(g) if g else 0.0 for g in m.groups())
+    return h * 3600 + mins * 60 + secs

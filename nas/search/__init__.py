@@ -15,7 +15,8 @@ Modules: :mod:`nas.search.preflight` (the request, storage URL, run directory, d
 
 Decisions, and why:
 
-* **Objectives**: the INT8 task metric (accuracy up or gaze error down), the *measured* peak memory the
+* **Objectives**: the INT8 task metric on the **validation** split (accuracy up or gaze error down; the
+  search never reads the test split, ``tests/test_protocol.py`` proves it), the *measured* peak memory the
   target's runtime needs (TFLM arena, or the IMX500 memory model), and energy per inference from the
   constraint file's model (down).
 * **Feasibility first**: each sampled spec is profiled analytically; one that breaks a limit by more than the
@@ -28,6 +29,10 @@ Decisions, and why:
   total violation, whatever their state). A trained trial's constraints use the *measured* memory and
   ``.tflite`` size, so one whose real arena breaks the limit although the estimate passed never reaches the
   feasible Pareto front.
+* **Time**: ``--time 10m`` is a wall-clock budget per session, counted from the command's start and recorded
+  in run.yaml's session (``deadline``); a worker starts no candidate after it, nor when less time is left than
+  the run's median candidate took, and the one in training finishes. Without ``--trials`` the clock alone
+  limits the search.
 * **Budget**: ``--trials N`` counts candidates that use training time (trained or failed). Rejected
   candidates cost milliseconds and do not count; a cap (``max_rejected``) stops a search whose space hardly
   ever fits. Several workers claim a budget slot before training (status ``training``, then a re-read of the
@@ -67,20 +72,24 @@ from nas.search.coordinator import (MAX_REJECTED_PER_TRIAL, MIN_MAX_REJECTED, PO
                                     Outcome, Progress, WorkerBug, WorkerPlan, create_run, execute, fail_orphans,
                                     pid_alive, plan_workers, resume_run)
 from nas.search.preflight import (DEFAULT_DATASET, DEFAULT_EPOCHS, DEFAULT_TRAIN_LIMIT, DEFAULT_TRIALS,
-                                  FEASIBILITY_PROBES, SAMPLERS, SearchRequest, check_disk_space, check_storage_url,
-                                  estimate_record, feasible_fraction, measured_checks, trial_disk_bytes, violation)
+                                  FEASIBILITY_PROBES, SAMPLERS, TIMED_TRIALS, SearchRequest, check_disk_space,
+                                  check_storage_url, estimate_record, feasible_fraction, measured_checks,
+                                  trial_disk_bytes, violation)
 from nas.search.worker import (EXIT_BUG, EXIT_DISK_FULL, EXIT_STORAGE, HOST, BudgetUsed, DiskFull,
                                StorageUnavailable, TrainStep, Worker, budget_counts, consecutive_failures, disk_full,
-                               last_was_unused, make_sampler, run_worker, storage_problem, uses_budget, worker_seed)
+                               last_was_unused, make_sampler, run_worker, storage_problem, time_is_up, uses_budget,
+                               worker_seed)
 
 __all__ = [
     "DEFAULT_DATASET", "DEFAULT_EPOCHS", "DEFAULT_MAX_CONSECUTIVE_FAILURES", "DEFAULT_TRAIN_LIMIT", "DEFAULT_TRIALS",
     "EXIT_BUG", "EXIT_DISK_FULL",
     "EXIT_STORAGE", "FEASIBILITY_PROBES", "HOST", "MAX_REJECTED_PER_TRIAL", "MIN_MAX_REJECTED", "POLL_S",
-    "SAMPLERS", "STOP_WAIT_S", "WORKER_MODULE", "BudgetUsed", "DiskFull", "Outcome", "Progress", "SearchRequest",
+    "SAMPLERS", "STOP_WAIT_S", "TIMED_TRIALS", "WORKER_MODULE", "BudgetUsed", "DiskFull", "Outcome", "Progress",
+    "SearchRequest",
     "StorageUnavailable", "TrainStep", "Worker", "WorkerBug", "WorkerPlan", "budget_counts", "check_disk_space",
     "check_storage_url", "consecutive_failures", "create_run", "disk_full", "estimate_record", "execute",
     "fail_orphans", "feasible_fraction", "last_was_unused", "make_sampler", "measured_checks", "pid_alive",
-    "plan_workers", "resume_run", "run_worker", "storage_problem", "trial_disk_bytes", "uses_budget", "violation",
+    "plan_workers", "resume_run", "run_worker", "storage_problem", "time_is_up", "trial_disk_bytes", "uses_budget",
+    "violation",
     "worker_seed",
 ]

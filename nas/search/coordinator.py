@@ -150,7 +150,8 @@ def create_run(req: SearchRequest) -> Path:
     train_limit = req.train_limit
     if train_limit is None and req.dataset is None:
         train_limit = DEFAULT_TRAIN_LIMIT
-    check_disk_space(where, req.trials, trial_disk_bytes(flash))
+    check_disk_space(where, min(req.trials, TIMED_DISK_TRIALS) if req.time_s else req.trials,
+                     trial_disk_bytes(flash))
     run_dir = _new_run_dir(req, sp.name, target_path, ds.name)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -189,7 +190,8 @@ def create_run(req: SearchRequest) -> Path:
             sampler=req.sampler,
             storage=results.redact(storage) if storage else None,
             versions=package_versions(),
-            sessions=[_session(req.command, req.workers, req.trials, first_trial=0)],
+            sessions=[_session(req.command, req.workers, req.trials, first_trial=0,
+                               deadline=deadline_of(req.time_s, req.started_at))],
             max_consecutive_failures=req.max_consecutive_failures,
         )
         config.save(run_dir)
@@ -201,17 +203,31 @@ def create_run(req: SearchRequest) -> Path:
     return run_dir
 
 
+TIMED_DISK_TRIALS = 100  # a --time run's disk check: room for this many candidates (it stops on a full disk)
+
+
 def native_resolution(description: dict[str, Any]) -> int | None:
     """The shorter side of the data's images as stored (``native_shape`` in its description), if it has one."""
     shape = description.get("native_shape")
     return int(min(shape[0], shape[1])) if shape and len(shape) >= 2 else None
 
 
-def _session(command: Sequence[str], workers: int, trials: int, first_trial: int) -> dict[str, Any]:
+def _session(command: Sequence[str], workers: int, trials: int, first_trial: int,
+             deadline: dict[str, float] | None = None) -> dict[str, Any]:
     """A session's record in run.yaml. ``first_trial``: the trials before it do not count towards its
-    --max-consecutive-failures (a resumed search starts a new streak)."""
+    --max-consecutive-failures (a resumed search starts a new streak). ``deadline``: its --time budget
+    (:func:`deadline_of`), which every worker of the session reads."""
     return {"started": results.now_iso(), "command": list(command), "host": HOST, "pid": os.getpid(),
-            "workers": workers, "trials": trials, "first_trial": first_trial}
+            "workers": workers, "trials": trials, "first_trial": first_trial, **(deadline or {})}
+
+
+def deadline_of(time_s: float | None, started_at: float | None) -> dict[str, float] | None:
+    """``{"time_s", "deadline"}`` for a session with a --time budget counted from ``started_at`` (the command's
+    start, so loading the data counts too), or None."""
+    if time_s is None:
+        return None
+    start = time.time() if started_at is None else started_at
+    return {"time_s": float(time_s), "deadline": round(start + float(time_s), 3)}
 
 
 def _create_study(url: str, name: str, run_id: str, run_dir: Path,
@@ -230,7 +246,8 @@ def _create_study(url: str, name: str, run_id: str, run_dir: Path,
 
 
 def resume_run(run_dir: str | Path, *, trials: int | None = None, workers: int = 1, storage: str | None = None,
-               command: Sequence[str] = (), max_consecutive_failures: int | None = None) -> Path:
+               command: Sequence[str] = (), max_consecutive_failures: int | None = None,
+               time_s: float | None = None, started_at: float | None = None) -> Path:
     """Prepare a run directory to continue: check it is a run and its study, fail cut-off trials, record the
     session. ``trials`` raises (or lowers) the total budget and ``max_consecutive_failures`` replaces the
     run's cap; everything else comes from the run directory."""
@@ -257,7 +274,10 @@ def resume_run(run_dir: str | Path, *, trials: int | None = None, workers: int =
         config = config.replace(trials=trials, max_rejected=cap)
     if max_consecutive_failures is not None:
         config = config.replace(max_consecutive_failures=max_consecutive_failures)
-    session = _session(command, workers, int(config.trials), first_trial=len(run.frozen_trials()))
+    if time_s is not None and time_s <= 0:
+        raise UserError("--time", "time", f"a positive duration such as 10m or 1h, got {time_s:g} s")
+    session = _session(command, workers, int(config.trials), first_trial=len(run.frozen_trials()),
+                       deadline=deadline_of(time_s, started_at))
     config.replace(sessions=[*config.sessions, session]).save(run.path)
     return run.path
 

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 SAMPLERS = ("tpe", "nsga2", "random")
 DEFAULT_DATASET = "mnist"
 DEFAULT_TRIALS = 20
+TIMED_TRIALS = 10_000  # the candidate cap of a --time search without --trials: the clock is the budget
 DEFAULT_EPOCHS = 2
 DEFAULT_TRAIN_LIMIT = 2000           # only when the data set is the default one: the ~10-minute demo
 FEASIBILITY_PROBES = 500
@@ -47,9 +48,13 @@ class SearchRequest:
     seed: int = 0
     command: tuple[str, ...] = ()
     max_consecutive_failures: int = rundir.DEFAULT_MAX_CONSECUTIVE_FAILURES
+    time_s: float | None = None       # --time: no candidate starts after started_at + time_s (wall clock)
+    started_at: float | None = None   # when the command started (time.time()); default: when the run is made
 
 
 def check_request(req: SearchRequest) -> None:
+    if req.time_s is not None and req.time_s <= 0:
+        raise UserError("--time", "time", f"a positive duration such as 10m or 1h, got {req.time_s:g} s")
     if req.trials < 1:
         raise UserError("--trials", "trials", f"a positive number of candidates to train, got {req.trials}")
     if req.epochs < 1:

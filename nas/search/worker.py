@@ -352,7 +352,8 @@ def run_worker(run_dir: Path, index: int, session: int, storage: str | None = No
     url = config.storage_url(run_dir, storage)
     sampler = make_sampler(config.sampler, worker_seed(int(config.seed), session, index), int(config.trials))
     try:
-        return _worker_loop(run_dir, worker, url, sampler, session_first_trial(config, session))
+        deadline = (config.sessions[session] if 0 <= session < len(config.sessions) else {}).get("deadline")
+        return _worker_loop(run_dir, worker, url, sampler, session_first_trial(config, session), deadline)
     except DiskFull:
         raise
     except Exception as e:
@@ -366,7 +367,23 @@ def run_worker(run_dir: Path, index: int, session: int, storage: str | None = No
                                  f"nas search --resume") from e
 
 
-def _worker_loop(run_dir: Path, worker: Worker, url: str, sampler: Any, first_trial: int) -> int:
+def time_is_up(study: Any, deadline: float | None, now: float | None = None) -> str | None:
+    """Why no candidate should start now under a --time budget, or None: the deadline has passed, or less time
+    is left than the median candidate of this run took (it would end well after the deadline)."""
+    if deadline is None:
+        return None
+    left = deadline - (time.time() if now is None else now)
+    if left <= 0:
+        return "the time budget is used"
+    took = sorted((t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
+                  if t.state.name == "COMPLETE" and t.datetime_start and t.datetime_complete)
+    if took and left < took[len(took) // 2]:
+        return f"{left:.0f} s of the time budget left, less than a candidate's median {took[len(took) // 2]:.0f} s"
+    return None
+
+
+def _worker_loop(run_dir: Path, worker: Worker, url: str, sampler: Any, first_trial: int,
+                 deadline: float | None = None) -> int:
     import optuna
 
     config = worker.config
@@ -385,6 +402,10 @@ def _worker_loop(run_dir: Path, worker: Worker, url: str, sampler: Any, first_tr
             return 0
         if rejected >= max_rejected:
             log.warning("%d candidates rejected before training (cap %d): stopping", rejected, max_rejected)
+            return 0
+        late = time_is_up(study, deadline)
+        if late:
+            log.info("%s: stopping", late)
             return 0
         streak = consecutive_failures(study.get_trials(deepcopy=False), since=first_trial)
         if len(streak) >= max_failures:
