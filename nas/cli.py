@@ -214,19 +214,20 @@ class _SearchBar:
     """tqdm bar for a search: trials used / budget, feasible vs rejected, the best of each objective, ETA; and
     the time left of a --time budget."""
 
-    def __init__(self, deadline: float | None = None) -> None:
+    def __init__(self, deadline: float | None = None, open_ended: bool = False) -> None:
         self.bar: Any = None  # a tqdm bar once the first summary comes (tqdm ships no type information)
         self.used = 0
         self.deadline = deadline
+        self.open_ended = open_ended  # --time without --trials: a count, no total
 
     def __call__(self, s) -> None:
         from tqdm import tqdm
 
         if self.bar is None:
             self.used = min(s.used, s.budget)
-            self.bar = tqdm(total=s.budget, initial=self.used, unit="trial", desc="search", dynamic_ncols=True,
-                            file=sys.stderr)
-        if self.bar.total != s.budget:
+            self.bar = tqdm(total=None if self.open_ended else s.budget, initial=self.used, unit="trial",
+                            desc="search", dynamic_ncols=True, file=sys.stderr)
+        if not self.open_ended and self.bar.total != s.budget:
             self.bar.total = s.budget
         used = min(s.used, s.budget)
         if used > self.used:
@@ -243,9 +244,10 @@ class _SearchLog:
     """Progress for a pipe or a file (``nas search ... 2>&1 | tee log``): a tqdm bar would write a line every
     refresh; this writes one line per finished candidate, and at most every ``quiet_s`` seconds otherwise."""
 
-    def __init__(self, quiet_s: float = 30.0, deadline: float | None = None) -> None:
+    def __init__(self, quiet_s: float = 30.0, deadline: float | None = None, open_ended: bool = False) -> None:
         self.quiet_s = quiet_s
         self.deadline = deadline
+        self.open_ended = open_ended
         self.used: int | None = None
         self.last = 0.0
 
@@ -256,8 +258,8 @@ class _SearchLog:
         if s.used == self.used and now - self.last < self.quiet_s:
             return
         self.used, self.last = s.used, now
-        print(f"search: {min(s.used, s.budget)}/{s.budget} trained or failed | {_progress_text(s)}"
-              f"{_time_left(self.deadline)}",
+        count = str(s.used) if self.open_ended else f"{min(s.used, s.budget)}/{s.budget}"
+        print(f"search: {count} trained or failed | {_progress_text(s)}{_time_left(self.deadline)}",
               file=sys.stderr, flush=True)
 
     def close(self) -> None:
@@ -314,8 +316,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("  " + resolution_line(cfg.space))
     for note in plan.notes():
         print(f"nas search: warning: {note}", file=sys.stderr)
-    deadline = results.open_run(run_dir, args.storage).config.sessions[-1].get("deadline")
-    bar = _SearchBar(deadline) if sys.stderr.isatty() else _SearchLog(deadline=deadline)
+    cfg = results.open_run(run_dir, args.storage).config
+    deadline = cfg.sessions[-1].get("deadline")
+    open_ended = deadline is not None and int(cfg.trials) >= search.TIMED_TRIALS
+    bar = (_SearchBar(deadline, open_ended) if sys.stderr.isatty()
+           else _SearchLog(deadline=deadline, open_ended=open_ended))
     try:
         outcome = search.execute(run_dir, workers=args.workers, storage=args.storage, progress=bar)
     except KeyboardInterrupt:
