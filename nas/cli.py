@@ -348,7 +348,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     for err in outcome.worker_errors:
         print(f"nas search: {err}", file=sys.stderr)
     print(f"Next: nas pareto {run_dir}          (the Pareto-optimal feasible models; --json for scripts)")
-    if s.used < s.budget:
+    print(f"      nas finalize {run_dir}        (retrain them with a full budget; INT8 on the test split)")
+    if s.budget >= search.TIMED_TRIALS:
+        print(f"      nas search --resume {run_dir} --time 10m   (search for 10 more minutes)")
+    elif s.used < s.budget:
         print(f"      nas search --resume {run_dir}   (train the remaining {s.budget - s.used})")
     else:
         print(f"      nas search --resume {run_dir} --trials {s.budget * 2}   (train more)")

@@ -478,7 +478,9 @@ def format_pareto(report: dict[str, Any]) -> str:
     lines = [f"run {report['run_dir']} (study {report['study']}, target {report['target']}, "
              f"data {report['dataset']})",
              f"trials: {s['trained']} trained ({s['feasible']} feasible), {s['rejected']} rejected before "
-             f"training, {s['failed']} failed, {s['interrupted']} interrupted; budget {s['used']}/{s['budget']}",
+             f"training, {s['failed']} failed, {s['interrupted']} interrupted; "
+             + (f"{s['used']} candidates in the time budget" if s["budget"] >= rundir.TIMED_TRIALS
+                else f"budget {s['used']}/{s['budget']}"),
              ""]
     if not report["pareto"]:
         lines.append("no feasible trained trial yet")

@@ -39,6 +39,7 @@ DATASET_FILE = "dataset.json"
 STUDY_DB = "study.db"
 TRIALS_DIR = "trials"
 LOGS_DIR = "logs"
+TIMED_TRIALS = 10_000  # the candidate cap of a --time search without --trials: the clock is the budget
 FINALIZED_DIR = "finalized"  # nas finalize: finalized/<trial>/seed<k>/, each a TrialFiles folder plus FINAL_FILE
 FINAL_FILE = "final.json"    # written last by nas finalize: the model's verdict on the limits
 
