@@ -18,6 +18,7 @@ from nas.budget import RECIPES
 from nas.errors import UserError
 from nas.finalize import DEFAULT_EPOCHS as FINALIZE_EPOCHS
 from nas.formatting import kb
+from nas.metrics import split_name
 
 
 def _spec_from_args(args: argparse.Namespace):
@@ -528,7 +529,9 @@ def _bundle_summary(bundle: Path) -> list[str]:
     mem, m = meta["memory"], meta["metrics"]
     arena = mem["arena"]
     lines = [f"bundle  {bundle}",
-             f"  {m['name']} INT8 {m['int8']:.4f} (float {m['float']:.4f}); "
+             f"  {m['name']} INT8 {_with_interval(m['int8'], m.get('int8_interval'))} on the "
+             f"{split_name(m.get('split'))}" + (f" (n = {m['samples']:,})" if m.get("samples") else "")
+             + f", float {m['float']:.4f}; "
              f".tflite {mem['measured']['tflite_bytes']:,} B; "
              f"kTensorArenaSize {arena['kTensorArenaSize']:,} B "
              f"(measured minimum {arena['measured_minimum_bytes']:,} B "
