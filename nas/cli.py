@@ -44,8 +44,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from nas import profile
     from nas.hardware import load_target
 
-    spec = _spec_from_args(args)
     target = load_target(args.constraints) if args.constraints else None
+    if args.model is not None:
+        return _profile_tflite(args, target)
+    if args.spec is None:
+        raise UserError("nas profile", "--spec", "a spec (preset, string or file) or a MODEL.tflite to profile")
+    spec = _spec_from_args(args)
     prof = profile.estimate(spec)
     report = profile.report(prof, target)
     if args.measure:
@@ -56,6 +60,24 @@ def cmd_profile(args: argparse.Namespace) -> int:
         print(json.dumps(report, indent=2))
         return 0
     print(profile.format_report(report, prof))
+    return 0
+
+
+def _profile_tflite(args: argparse.Namespace, target: Any) -> int:
+    from nas.tflite_report import format_tflite_report, tflite_report
+
+    given = [f for f, v in (("--spec", args.spec), ("--resolution", args.resolution), ("--width", args.width),
+                            ("--classes", args.classes)) if v is not None]
+    if given:
+        raise UserError("nas profile", given[0], f"left out: {args.model} is a converted model, its graph is fixed")
+    path = Path(args.model)
+    if not path.is_file():
+        raise UserError(str(path), "MODEL", "an existing .tflite file")
+    data = path.read_bytes()
+    if data[4:8] != b"TFL3":
+        raise UserError(str(path), "MODEL", "a TensorFlow Lite flatbuffer (file identifier TFL3)")
+    rep = tflite_report(data, str(path), target)
+    print(json.dumps(rep, indent=2) if args.json else format_tflite_report(rep))
     return 0
 
 
@@ -744,8 +766,12 @@ def build_parser() -> _Parser:
     sub.required = True
     p.set_defaults(_commands=sub.choices)
 
-    pr = sub.add_parser("profile", help="MACs, params, flash, peak SRAM, latency and energy of a spec, before training")
-    pr.add_argument("--spec", required=True, help="preset name, spec string, or a JSON/YAML spec file")
+    pr = sub.add_parser("profile", help="MACs, params, flash, peak SRAM, latency and energy of a spec before "
+                                        "training, or of any INT8 .tflite")
+    pr.add_argument("model", nargs="?", metavar="MODEL.tflite",
+                    help="profile this converted INT8 model instead of a spec: MACs by operator class, flash, the "
+                         "estimated and the real TFLM arena, memory per operator, the target's limits")
+    pr.add_argument("--spec", help="preset name, spec string, or a JSON/YAML spec file")
     pr.add_argument("--resolution", type=int, help="override the input resolution")
     pr.add_argument("--width", type=float, help="override the width multiplier")
     pr.add_argument("--classes", type=int, help="override the classifier's number of classes")

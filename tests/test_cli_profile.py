@@ -77,3 +77,62 @@ def test_bad_constraint_file_names_file_and_field(tmp_path):
     out = run("profile", "--spec", "mobilenetv1-vww", "--constraints", str(bad))
     assert out.returncode == 2
     assert "bad.yaml" in out.stderr and "sram" in out.stderr
+
+
+# -- nas profile MODEL.tflite: any converted model, the public references as the test cases -----------------
+
+# measured here (../shared/models/README.md and earlier sessions' TFLM runs): exact MACs and the host TFLM arena
+PUBLIC = {"models/mlperf_ic_resnet8_int8.tflite": (12_501_632, 55_984, 98_496),
+          "holdout/models/mlperf_vww_96_int8.tflite": (7_489_664, 103_680, 333_288),
+          "holdout/models/tflm_person_detect.tflite": (7_157_888, 85_264, 300_568)}
+
+
+@pytest.mark.parametrize("rel", sorted(PUBLIC))
+def test_profile_of_a_public_tflite_matches_its_known_figures(rel):
+    from tests.shared import SHARED, require
+
+    macs, arena, flash = PUBLIC[rel]
+    out = run("profile", str(require(SHARED / rel)), "--constraints", "mcu_vww.yaml", "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    rep = json.loads(out.stdout)
+    assert rep["macs"] == macs and sum(rep["macs_by_class"].values()) == macs
+    assert rep["tflm_arena_bytes"] == arena and rep["tflite_bytes"] == flash
+    assert abs(rep["estimated_arena_bytes"] - arena) / arena < 0.01
+    assert max(row["live_bytes"] for row in rep["layers"]) <= rep["estimated_arena_bytes"]
+    limits = {c["name"]: c for c in rep["limits"]}
+    assert limits["sram_bytes"]["value"] == arena and limits["flash_bytes"]["value"] == flash
+    assert rep["fits"] is (flash <= 250 * 1024 and arena <= 250 * 1024)  # the person detector's 300 KB breaks flash
+
+
+def test_profile_of_a_tflite_as_a_table_and_the_first_layer_apart():
+    from tests.shared import SHARED, require
+
+    out = run("profile", str(require(SHARED / "models/mlperf_ic_resnet8_int8.tflite")))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "MACs        12,501,632 (conv 11.80 M, conv_first 0.44 M" in out.stdout  # 3-channel input conv apart
+    assert "measured 55,984 B (host TFLM interpreter)" in out.stdout and "<- peak" in out.stdout
+
+
+def test_profile_of_a_bad_tflite_is_one_line(tmp_path):
+    not_tflite = tmp_path / "model.tflite"
+    not_tflite.write_bytes(b"\x00" * 64)
+    cases = [([str(not_tflite)], "a TensorFlow Lite flatbuffer"), ([str(tmp_path / "missing.tflite")], "an existing"),
+             ([str(not_tflite), "--spec", "tinytracker"], "--spec")]
+    for args, text in cases:
+        out = run("profile", *args)
+        assert out.returncode == 2, out.stderr
+        (line,) = out.stderr.strip().splitlines()
+        assert line.startswith("nas profile: error:") and text in line, line
+
+
+def test_a_model_with_float_weights_is_refused_naming_the_operator(tmp_path):
+    import tensorflow as tf
+
+    model = tf.keras.Sequential([tf.keras.Input((8, 8, 1)), tf.keras.layers.Conv2D(4, 3)])
+    tflite = tf.lite.TFLiteConverter.from_keras_model(model).convert()  # float32 weights
+    path = tmp_path / "float.tflite"
+    path.write_bytes(tflite)
+    out = run("profile", str(path))
+    assert out.returncode == 2
+    (line,) = out.stderr.strip().splitlines()
+    assert "an INT8 model; operator 0 (CONV_2D) has FLOAT32 weights" in line, line
