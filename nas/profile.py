@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from nas import arena, tflm
+from nas.latency import conv_class
 from nas.spec import ArchSpec, Block, make_divisible
 
 # Flatbuffer size model (names are stripped at conversion, nas.tf.convert.strip_names): constant data (int8
@@ -56,6 +57,7 @@ class Op:
     weights: int = 0                # int8 weight elements
     biases: int = 0                 # int32 bias elements
     channels_quant: int = 0         # per-channel quantization entries (conv / depthwise / dense weights)
+    op_class: str = "elementwise"   # the latency model's class (nas.latency.OP_CLASSES)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,8 @@ class LayerMemory:
     shape: tuple[int, ...]
     macs: int
     live_bytes: int
+    op_class: str = "elementwise"   # nas.latency: what the operator costs per MAC (or per element)
+    elements: int = 0               # elements read (first input) or written, the larger: element-wise work
 
 
 @dataclass(frozen=True)
@@ -112,7 +116,7 @@ class _Graph:
         self.shapes[t] = shape
         return t
 
-    def op(self, kind: str, name: str, inputs: tuple[int, ...], shape: tuple[int, ...], **kw: int) -> int:
+    def op(self, kind: str, name: str, inputs: tuple[int, ...], shape: tuple[int, ...], **kw: Any) -> int:
         out = self.tensor(shape)
         self.ops.append(Op(len(self.ops), kind, name, inputs, out, shape, **kw))
         return out
@@ -127,14 +131,14 @@ class _Graph:
         h, w, cin = self.shapes[t]
         ho, wo = math.ceil(h / stride), math.ceil(w / stride)
         out = self.op("CONV_2D", name, (t,), (ho, wo, cout), macs=ho * wo * k * k * cin * cout,
-                      weights=k * k * cin * cout, biases=cout, channels_quant=cout)
+                      weights=k * k * cin * cout, biases=cout, channels_quant=cout, op_class=conv_class(k, k, cin))
         return self.act(out, act, name) if act else out
 
     def dw(self, t: int, k: int, stride: int, act: str, name: str) -> int:
         h, w, c = self.shapes[t]
         ho, wo = math.ceil(h / stride), math.ceil(w / stride)
         out = self.op("DEPTHWISE_CONV_2D", name, (t,), (ho, wo, c), macs=ho * wo * k * k * c,
-                      weights=k * k * c, biases=c, channels_quant=c)
+                      weights=k * k * c, biases=c, channels_quant=c, op_class="depthwise")
         return self.act(out, act, name)
 
     def fc(self, t: int, units: int, act: str | None, name: str) -> int:
@@ -143,7 +147,7 @@ class _Graph:
         # dense op: then it re-quantizes them per output channel (seen on every converted model, TF 2.21)
         per_channel = units if act in ("relu", "relu6") else 0
         out = self.op("FULLY_CONNECTED", name, (t,), (units,), macs=n * units, weights=n * units, biases=units,
-                      channels_quant=per_channel)
+                      channels_quant=per_channel, op_class="fc")
         return self.act(out, act, name) if act else out
 
     def squeeze_excite(self, t: int, ratio: float, name: str) -> int:
@@ -253,7 +257,8 @@ def estimate(spec: ArchSpec) -> Profile:
     for b in bufs:
         for i in range(max(b.first_use, 0), b.last_use + 1):
             live[i] += b.size
-    layers = tuple(LayerMemory(op.index, op.kind, op.name, op.shape, op.macs, live[op.index]) for op in ops)
+    layers = tuple(LayerMemory(op.index, op.kind, op.name, op.shape, op.macs, live[op.index], op.op_class,
+                               max([sizes[op.output], *(sizes[t] for t in op.inputs[:1])])) for op in ops)
     macs = sum(op.macs for op in ops)
     weights = sum(op.weights for op in ops)
     biases = sum(op.biases for op in ops)
