@@ -21,7 +21,13 @@ measurements of one network (TinyTracker) per platform::
     latency_ms    = fixed_latency_ms + inference_ms          (sensor read-out, transfer, result retrieval)
     energy_mj     = fixed_energy_mj + inference_power_mw * inference_ms / 1000
 
-It ranks candidates of one family on one platform; it is not a cycle-accurate simulator.
+It ranks candidates of one family on one platform; it is not a cycle-accurate simulator. That linear model
+(``hardware.latency_model: linear``, the default) stays for the IMX500 and the Coral, whose only data are
+those end-to-end figures. A target with ``latency_model: per_op`` replaces ``inference_ms`` by the
+per-operator model of :mod:`nas.latency` (cycles per MAC by op class, per operator and per element, a
+shipped ``profile`` fitted on MLPerf Tiny board measurements or the user's ``coefficients``, e.g. from
+``nas calibrate``), computed on the operator graph passed as ``layers``; the energy formula is the same.
+The linear path ignores ``layers``, so its figures are bit for bit what they were.
 """
 from __future__ import annotations
 
@@ -30,12 +36,13 @@ import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import yaml
 
-from nas import shipped, yamlio
+from nas import latency, shipped, yamlio
 from nas.errors import UserError, did_you_mean
+from nas.latency import CostLayer, CostProfile
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +51,12 @@ ENV_CONSTRAINTS_DIR = "TINYNAS_CONSTRAINTS_DIR"
 
 TOP_FIELDS = ("name", "runtime", "limits", "hardware")
 LIMIT_FIELDS = ("sram", "flash", "onchip", "macs", "latency_ms", "energy_mj")
-HARDWARE_FIELDS = ("clock_hz", "macs_per_cycle", "inference_power_mw", "fixed_latency_ms", "fixed_energy_mj")
+HARDWARE_FIELDS = ("latency_model", "profile", "coefficients", "clock_hz", "macs_per_cycle", "inference_power_mw",
+                   "fixed_latency_ms", "fixed_energy_mj")
 REQUIRED_HARDWARE = ("clock_hz", "macs_per_cycle", "inference_power_mw")
+#: ``hardware.latency_model``: ``linear`` (MACs at one MACs-per-cycle figure; the default) or ``per_op``
+#: (:mod:`nas.latency`: cycles per MAC by operator class, per operator and per element-wise element)
+LATENCY_MODELS = ("linear", "per_op")
 
 # Which limits make sense for which runtime. TFLM on an MCU has a RAM arena and a flash image; the IMX500
 # has one on-chip memory for weights and activations together (the converter's "Total Memory Available On
@@ -199,6 +210,8 @@ class Target:
     max_macs: Optional[int] = None
     max_latency_ms: Optional[float] = None
     max_energy_mj: Optional[float] = None
+    latency_model: str = "linear"
+    cost: Optional[CostProfile] = None  #: the per-operator profile (``latency_model: per_op``), else None
 
     @property
     def memory_limit_bytes(self) -> Optional[int]:
@@ -219,21 +232,33 @@ class Target:
             out[key] = given[0] if given else (None, options[-1][1])
         return out
 
-    def inference_ms(self, macs: float) -> float:
-        """Time for the network alone: MACs at the calibrated MACs/cycle and clock."""
-        return float(macs) / (self.macs_per_cycle * self.clock_hz) * 1000.0
+    def inference_ms(self, macs: float, layers: Optional[Sequence[CostLayer]] = None) -> float:
+        """Time for the network alone. Linear: MACs at the calibrated MACs/cycle and clock (``layers`` ignored).
+        Per-op: the profile's cycles over ``layers`` (a spec's ``nas.profile.Profile.layers`` or a model's
+        ``nas.latency.layers_from_tflite_graph``); without them, MACs alone at the pointwise rate
+        (:meth:`nas.latency.CostProfile.macs_only_cycles`), for callers that only kept a MAC count."""
+        if self.cost is None:
+            return float(macs) / (self.macs_per_cycle * self.clock_hz) * 1000.0
+        cycles = self.cost.macs_only_cycles(macs) if layers is None else self.cost.cycles(layers)
+        return cycles / self.clock_hz * 1000.0
 
-    def latency_ms(self, macs: float) -> float:
+    def layer_ms(self, layers: Sequence[CostLayer]) -> list[float]:
+        """Inference time of each operator (ms), in order; they sum to :meth:`inference_ms` of ``layers``."""
+        if self.cost is None:
+            return [self.inference_ms(layer.macs) for layer in layers]
+        return [self.cost.layer_cycles(layer) / self.clock_hz * 1000.0 for layer in layers]
+
+    def latency_ms(self, macs: float, layers: Optional[Sequence[CostLayer]] = None) -> float:
         """End-to-end time per frame: fixed costs (read-out, transfer, retrieval) plus inference."""
-        return self.fixed_latency_ms + self.inference_ms(macs)
+        return self.fixed_latency_ms + self.inference_ms(macs, layers)
 
-    def inference_energy_mj(self, macs: float) -> float:
+    def inference_energy_mj(self, macs: float, layers: Optional[Sequence[CostLayer]] = None) -> float:
         """Energy of the inference alone: inference power over the inference time (mW x ms / 1000 = mJ)."""
-        return self.inference_power_mw * self.inference_ms(macs) / 1000.0
+        return self.inference_power_mw * self.inference_ms(macs, layers) / 1000.0
 
-    def energy_mj(self, macs: float) -> float:
+    def energy_mj(self, macs: float, layers: Optional[Sequence[CostLayer]] = None) -> float:
         """End-to-end energy per frame: fixed energy plus inference energy."""
-        return self.fixed_energy_mj + self.inference_energy_mj(macs)
+        return self.fixed_energy_mj + self.inference_energy_mj(macs, layers)
 
     def limits(self) -> dict[str, float]:
         """The limits this target sets, keyed by the value key :meth:`check` reads (``macs``, ``sram_bytes``...)."""
@@ -326,7 +351,19 @@ def target_from_dict(data: Any, source: str) -> Target:
         value = limits.get(key)
         return None if value is None else _positive(value, source, f"limits.{key}", what)
 
-    hardware = _mapping(top["hardware"], source, "hardware", HARDWARE_FIELDS)
+    hardware = dict(_mapping(top["hardware"], source, "hardware", HARDWARE_FIELDS))
+    model = hardware.get("latency_model", "linear")
+    if model not in LATENCY_MODELS:
+        raise UserError(source, "hardware.latency_model", f"one of {', '.join(LATENCY_MODELS)}, got {model!r}"
+                        + did_you_mean(str(model), LATENCY_MODELS))
+    cost = None
+    if model == "per_op":
+        cost = _cost_profile(hardware, source)
+    else:
+        for key in ("profile", "coefficients"):
+            if hardware.get(key) is not None:
+                raise UserError(source, f"hardware.{key}", "only with 'latency_model: per_op'; the linear model "
+                                                            "has one figure, macs_per_cycle")
     for required in REQUIRED_HARDWARE:
         if hardware.get(required) is None:
             raise UserError(source, f"hardware.{required}", "a required hardware figure; it is missing")
@@ -352,7 +389,49 @@ def target_from_dict(data: Any, source: str) -> Target:
         max_macs=None if macs is None else parse_macs(macs, source, "limits.macs"),
         max_latency_ms=optional_positive("latency_ms", "milliseconds"),
         max_energy_mj=optional_positive("energy_mj", "millijoules"),
+        latency_model=model,
+        cost=cost,
     )
+
+
+def _cost_profile(hardware: dict, source: str) -> CostProfile:
+    """The per-op profile of a ``latency_model: per_op`` section: a shipped ``profile`` by name or the user's
+    ``coefficients``. A shipped profile also fills in its board's ``clock_hz`` and ``inference_power_mw`` when
+    the file leaves them out; ``macs_per_cycle`` becomes the profile's pointwise rate (what MACs alone get)."""
+    name, given = hardware.get("profile"), hardware.get("coefficients")
+    if (name is None) == (given is None):
+        raise UserError(source, "hardware.profile", "with 'latency_model: per_op', either a shipped profile name "
+                        "or a 'coefficients' mapping (one of the two); got " + ("both" if name else "neither"))
+    if name is not None:
+        profiles = latency.shipped_profiles()
+        if not isinstance(name, str) or name not in profiles:
+            raise UserError(source, "hardware.profile", f"a shipped latency profile ({', '.join(sorted(profiles))}), "
+                            f"got {name!r}" + did_you_mean(str(name), profiles))
+        record = profiles[name]
+        cost = CostProfile.from_coefficients(name, record["coefficients"])
+        hardware.setdefault("clock_hz", record["clock_hz"])
+        if record.get("active_power_mw") is not None:
+            hardware.setdefault("inference_power_mw", record["active_power_mw"])
+    else:
+        if not isinstance(given, dict):
+            raise UserError(source, "hardware.coefficients", f"a mapping of {', '.join(latency.COEFFICIENTS)}, "
+                                                             f"got a {type(given).__name__}")
+        for key in given:
+            if str(key) not in latency.COEFFICIENTS:
+                raise UserError(source, f"hardware.coefficients.{key}", f"a coefficient "
+                                f"({', '.join(latency.COEFFICIENTS)}); unknown" + did_you_mean(str(key),
+                                                                                              latency.COEFFICIENTS))
+        values = {}
+        for key in latency.COEFFICIENTS:
+            if given.get(key) is None:
+                raise UserError(source, f"hardware.coefficients.{key}", "a required coefficient; it is missing")
+            what = "cycles per MAC" if key in latency.OP_CLASSES else (
+                "cycles per operator" if key == "overhead" else "cycles per element")
+            values[key] = _positive(given[key], source, f"hardware.coefficients.{key}", what,
+                                    allow_zero=key not in latency.OP_CLASSES)
+        cost = CostProfile.from_coefficients("coefficients", values)
+    hardware.setdefault("macs_per_cycle", 1.0 / cost.cycles_per_mac["pointwise"])
+    return cost
 
 
 def load_target(name_or_path: str) -> Target:

@@ -373,16 +373,18 @@ def report(prof: Profile, target=None) -> dict[str, Any]:
         "onchip_bytes": prof.onchip_bytes,
         "peak_layer": {"index": peak.index, "op": peak.kind, "name": peak.name, "shape": list(peak.shape),
                        "live_bytes": peak.live_bytes},
-        "target": None, "latency_ms": None, "inference_ms": None, "energy_mj": None, "limits": [], "fits": None,
+        "target": None, "latency_ms": None, "inference_ms": None, "energy_mj": None, "latency_model": None,
+        "limits": [], "fits": None,
         "verdict": None,
     }
     if target is not None:
-        values = {**prof.limit_values(target.runtime), "latency_ms": target.latency_ms(prof.macs),
-                  "energy_mj": target.energy_mj(prof.macs)}
+        values = {**prof.limit_values(target.runtime), "latency_ms": target.latency_ms(prof.macs, prof.layers),
+                  "energy_mj": target.energy_mj(prof.macs, prof.layers)}
         checks = target.check(values)
         out.update(
             target={"name": target.name, "runtime": target.runtime, "path": target.path},
-            latency_ms=values["latency_ms"], inference_ms=target.inference_ms(prof.macs),
+            latency_ms=values["latency_ms"], inference_ms=target.inference_ms(prof.macs, prof.layers),
+            latency_model=target.latency_model,
             energy_mj=values["energy_mj"],
             limits=[{"name": c.name, "value": c.value, "limit": c.limit, "unit": c.unit,
                      "headroom": c.headroom, "ok": c.ok,

@@ -14,7 +14,7 @@ import math
 from collections import Counter
 from typing import Any
 
-from nas import arena, profile
+from nas import arena, latency, profile
 from nas.errors import UserError
 
 #: operators with multiply-accumulates, counted per output element (nas.profile.graph_macs)
@@ -25,7 +25,7 @@ ELEMENTWISE_OPS = ("ADD", "MUL", "SUB", "AVERAGE_POOL_2D", "MAX_POOL_2D", "MEAN"
                    "QUANTIZE", "DEQUANTIZE", "SQUEEZE", "STRIDED_SLICE", "TRANSPOSE", "RESIZE_NEAREST_NEIGHBOR",
                    "RESIZE_BILINEAR")
 KNOWN_OPS = MAC_OPS + ELEMENTWISE_OPS
-FIRST_LAYER_CHANNELS = 4  # a convolution over at most this many input channels is the "first layer" class
+FIRST_LAYER_CHANNELS = latency.FIRST_LAYER_CHANNELS  # a convolution over this few input channels: "conv_first"
 
 
 def op_class(kind: str, weight_shape: tuple[int, ...]) -> str:
@@ -35,9 +35,7 @@ def op_class(kind: str, weight_shape: tuple[int, ...]) -> str:
     if kind == "FULLY_CONNECTED":
         return "fc"
     _, kh, kw, cin = weight_shape
-    if cin <= FIRST_LAYER_CHANNELS:
-        return "conv_first"
-    return "pointwise" if kh == kw == 1 else "conv"
+    return latency.conv_class(kh, kw, cin)
 
 
 def tflite_report(tflite: bytes, source: str, target: Any = None, *, measure: bool = True) -> dict[str, Any]:
@@ -85,14 +83,20 @@ def tflite_report(tflite: bytes, source: str, target: Any = None, *, measure: bo
         from nas import tflm
 
         rep["tflm_arena_bytes"] = tflm.measure_tflm(tflite).arena_bytes
+    cost_layers = latency.layers_from_tflite_graph(graph)
+    assert [c.macs for c in cost_layers] == [row["macs"] for row in layers]
     if target is not None:
+        for row, ms in zip(layers, target.layer_ms(cost_layers)):
+            row["latency_ms"] = ms
         basis = target.memory_basis({"tflm_arena_bytes": rep["tflm_arena_bytes"] or estimated,
                                      "tflite_bytes": len(tflite), "imx500_model_bytes": rep["imx500_bytes"]})
-        values = {"macs": macs, "latency_ms": target.latency_ms(macs), "energy_mj": target.energy_mj(macs),
+        values = {"macs": macs, "latency_ms": target.latency_ms(macs, cost_layers),
+                  "energy_mj": target.energy_mj(macs, cost_layers),
                   **{k: v for k, (v, _) in basis.items() if v is not None}}
         checks = target.check(values)
         rep.update(target={"name": target.name, "runtime": target.runtime, "path": target.path},
-                   latency_ms=values["latency_ms"], inference_ms=target.inference_ms(macs),
+                   latency_ms=values["latency_ms"], inference_ms=target.inference_ms(macs, cost_layers),
+                   latency_model=target.latency_model,
                    energy_mj=values["energy_mj"],
                    limits=[{"name": c.name, "value": c.value, "limit": c.limit, "unit": c.unit, "ok": c.ok,
                             "basis": basis.get(c.name, (None, "analytic"))[1]} for c in checks],
@@ -119,16 +123,19 @@ def format_tflite_report(rep: dict[str, Any]) -> str:
              f"TFLM arena  estimated {rep['estimated_arena_bytes']:,} B"
              + (f", measured {real:,} B (host TFLM interpreter)" if real is not None else ""),
              f"IMX500      {rep['imx500_bytes']:,} B on chip (weights + planned activations)", "",
-             f"{'#':>3}  {'op':<18}{'class':<12}{'output':<18}{'MACs':>12}{'live':>12}"]
+             f"{'#':>3}  {'op':<18}{'class':<12}{'output':<18}{'MACs':>12}{'live':>12}"
+             + (f"{'latency':>13}" if rep["target"] else "")]
     peak = max(row["live_bytes"] for row in rep["layers"]) if rep["layers"] else 0
     for row in rep["layers"]:
         mark = "  <- peak" if row["live_bytes"] == peak else ""
+        ms = f"{row['latency_ms']:>10,.3f} ms" if "latency_ms" in row else ""
         lines.append(f"{row['index']:>3}  {row['op']:<18}{row['class']:<12}{'x'.join(map(str, row['shape'])):<18}"
-                     f"{row['macs']:>12,}{row['live_bytes'] / 1024:>9,.1f} KB{mark}")
+                     f"{row['macs']:>12,}{row['live_bytes'] / 1024:>9,.1f} KB{ms}{mark}")
     if rep["target"]:
         t = rep["target"]
         lines += ["", f"target      {t['name']} ({t['runtime']}, {t['path']})",
-                  f"latency     {rep['latency_ms']:.3f} ms end to end ({rep['inference_ms']:.3f} ms inference)",
+                  f"latency     {rep['latency_ms']:.3f} ms end to end ({rep['inference_ms']:.3f} ms inference; "
+                  f"{rep['latency_model']} model)",
                   f"energy      {rep['energy_mj']:.4f} mJ per inference", ""]
         for c in rep["limits"]:
             lines.append(f"{c['name']:<12}{_num(c['value']):>16} {c['unit']:<5} limit {_num(c['limit']):>14}  "

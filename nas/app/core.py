@@ -252,6 +252,11 @@ def _load_from_storage(url: str, study: str | None, source: str) -> Loaded:
 # --------------------------------------------------------------------------------------------- the table
 
 
+def _cost_layers(spec: str | None, target: Any) -> Any:
+    """The operator graph a per-op target's latency needs (None for a linear target: MACs are enough)."""
+    return spec_profile(spec).layers if spec and getattr(target, "cost", None) is not None else None
+
+
 @functools.lru_cache(maxsize=8192)
 def spec_profile(spec: str) -> Any:
     """The analytic profile of a spec string (per-layer activation memory, peak layer...), cached."""
@@ -324,8 +329,10 @@ def trial_frame(loaded: Loaded, target: Any = None) -> pd.DataFrame:
         violations = [", ".join(r.violations) for r in recs]
     else:
         memory, basis, flash, fits, violations = _reevaluate(recs, trained, measured, estimated, run_runtime, target)
-        df["latency_ms"] = [np.nan if r.macs is None else target.latency_ms(r.macs) for r in recs]
-        df["energy_mj"] = [np.nan if r.macs is None else target.energy_mj(r.macs) for r in recs]
+        df["latency_ms"] = [np.nan if r.macs is None else target.latency_ms(r.macs, _cost_layers(r.spec, target))
+                            for r in recs]
+        df["energy_mj"] = [np.nan if r.macs is None else target.energy_mj(r.macs, _cost_layers(r.spec, target))
+                           for r in recs]
     df["memory_kb"] = memory / 1024.0
     df["memory_basis"] = basis
     df["flash_kb"] = flash / 1024.0
@@ -387,7 +394,8 @@ def _reevaluate(recs: Sequence[results.TrialRecord], trained: np.ndarray, measur
             continue
         values = {"macs": r.macs, "sram_bytes": mem, "onchip_bytes": mem,
                   "flash_bytes": None if fl is None else fl,
-                  "latency_ms": target.latency_ms(r.macs), "energy_mj": target.energy_mj(r.macs)}
+                  "latency_ms": target.latency_ms(r.macs, _cost_layers(r.spec, target)),
+                  "energy_mj": target.energy_mj(r.macs, _cost_layers(r.spec, target))}
         try:
             checks = target.check(values)
         except ValueError:

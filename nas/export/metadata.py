@@ -90,15 +90,18 @@ def bundle_metadata(trial: Trial, name: str, *, target: Any, run_info: dict[str,
                                             "tflite_bytes": measured.tflite_bytes,
                                             "imx500_model_bytes": measured.imx500_bytes,
                                             "imx500_usage_bytes": report.get("usage_bytes")})
-        values = {"macs": est.macs, "latency_ms": target.latency_ms(est.macs), "energy_mj": target.energy_mj(est.macs),
+        values = {"macs": est.macs, "latency_ms": target.latency_ms(est.macs, est.layers),
+                  "energy_mj": target.energy_mj(est.macs, est.layers),
                   **{key: value for key, (value, _) in memory_basis.items()}}
-        basis = {"macs": "analytic count of the spec", "latency_ms": "target's latency model at the spec's MACs",
-                 "energy_mj": "target's energy model at the spec's MACs",
+        basis = {"macs": "analytic count of the spec",
+                 "latency_ms": f"target's {target.latency_model} latency model on the spec's operator graph",
+                 "energy_mj": f"target's {target.latency_model} energy model on the spec's operator graph",
                  **{key: what for key, (_, what) in memory_basis.items()}}
         limits = limit_rows(target, values, basis)
         tgt = {"name": target.name, "runtime": target.runtime, "file": CONSTRAINTS if (tmp / CONSTRAINTS).is_file()
-               else None, "source": target.path, "latency_ms": target.latency_ms(est.macs),
-               "inference_ms": target.inference_ms(est.macs), "energy_mj": target.energy_mj(est.macs),
+               else None, "source": target.path, "latency_ms": target.latency_ms(est.macs, est.layers),
+               "inference_ms": target.inference_ms(est.macs, est.layers),
+               "energy_mj": target.energy_mj(est.macs, est.layers),
                "limits": limits, "fits": all(row["ok"] for row in limits)}
     task = metrics.get("task", dataset.task)
     split = metrics.get("metric_split") or "test"  # trials recorded before tinynas 0.5 scored the test split

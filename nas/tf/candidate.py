@@ -176,8 +176,9 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         "timings": {k: round(v, 3) for k, v in timings.items()},
     }
     if target is not None:
-        metrics.update(target=target.name, runtime=runtime, latency_ms=target.latency_ms(est.macs),
-                       inference_ms=target.inference_ms(est.macs), energy_mj=target.energy_mj(est.macs))
+        metrics.update(target=target.name, runtime=runtime, latency_ms=target.latency_ms(est.macs, est.layers),
+                       inference_ms=target.inference_ms(est.macs, est.layers),
+                       energy_mj=target.energy_mj(est.macs, est.layers))
     metrics["seconds"] = round(time.perf_counter() - t_start, 3)
     _write_atomic(files.metrics, json.dumps(metrics, indent=1).encode())
     log.info("%s: %s INT8 %.4f (float %.4f) on %s, arena %d B, %.1f s", spec.to_string()[:60],
