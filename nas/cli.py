@@ -81,6 +81,32 @@ def _profile_tflite(args: argparse.Namespace, target: Any) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    """Fit a per-op latency profile to the user's timings; write a constraint file that loads like any other."""
+    from nas import calibrate
+    from nas.hardware import load_target
+
+    target = load_target(args.constraints)
+    csv_path = Path(args.measurements)
+    rows = calibrate.read_measurements(csv_path)
+    cal = calibrate.fit(rows, target, args.fit)
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise UserError(str(out), "--out", "a new file (it exists; --force replaces it)")
+    try:
+        out.write_text(calibrate.constraints_yaml(cal, target, csv_path), encoding="utf-8")
+    except OSError as e:
+        raise UserError(str(out), "--out", f"a writable path ({e.strerror or e})") from None
+    load_target(str(out))  # what was written must load everywhere a constraint file does
+    print(f"fit         {cal.mode} on {len(rows)} row(s), from {target.path} ({target.latency_model} model)")
+    print(f"{'model':<50}{'measured':>12}{'predicted':>12}{'residual':>10}")
+    for r, p in zip(rows, cal.predicted_ms):
+        print(f"{r.model[-50:]:<50}{r.latency_ms:>9.3f} ms{p:>9.3f} ms{100 * (p / r.latency_ms - 1):>+9.1f}%")
+    print("coefficients " + ", ".join(f"{k} {v:.4g}" for k, v in cal.profile.coefficients().items()))
+    print(f"power       {cal.power_mw:.4g} mW\nwrote       {out}")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from nas.tf.candidate import CandidateError, evaluate
     from nas.hardware import load_target
@@ -780,6 +806,19 @@ def build_parser() -> _Parser:
                     help="also convert the untrained model to INT8 and measure its .tflite size and TFLM arena")
     pr.add_argument("--json", action="store_true", help="print one JSON object")
     pr.set_defaults(func=cmd_profile)
+
+    ca = sub.add_parser("calibrate", help="fit a per-op latency profile to models timed on your board; write a "
+                                          "constraint file with it")
+    ca.add_argument("measurements", metavar="MEASUREMENTS.csv",
+                    help="CSV with columns model,latency_ms[,energy_mj]: model a .tflite path (relative to the CSV) "
+                         "or a spec; measured inference ms and mJ")
+    ca.add_argument("--constraints", required=True, help="the constraint file to start from (limits kept)")
+    ca.add_argument("--out", required=True, help="the new constraint file to write")
+    ca.add_argument("--fit", choices=["auto", "scale", "all"], default="auto",
+                    help="scale: one factor on the starting profile; all: every coefficient the rows exercise; "
+                         "auto (default): all with at least two rows more than coefficients, else scale")
+    ca.add_argument("--force", action="store_true", help="replace --out if it exists")
+    ca.set_defaults(func=cmd_calibrate)
 
     tr = sub.add_parser("train", help="train a spec with INT8 QAT, convert to full-integer TFLite, evaluate as INT8")
     tr.add_argument("--spec", required=True, help="preset name, spec string, or a JSON/YAML spec file")
