@@ -77,7 +77,6 @@ Splits and policies
 """
 from __future__ import annotations
 
-import collections
 import functools
 import json
 import logging
@@ -88,6 +87,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from nas import datacache
 from nas.errors import UserError, did_you_mean
 
 log = logging.getLogger(__name__)
@@ -113,23 +113,74 @@ _MAX_LISTED = 20  # file names listed in a message / description
 
 @dataclass(frozen=True, eq=False)
 class Split:
-    """One split, in memory.
+    """One split: rows of an image store, and their labels.
 
-    ``x``: float32 images in ``[0, 1]``, ``(N, H, W, C)`` at the data set's native size; for gaze data
-    ``C = 3 + G`` where the last G channels are the face-grid embedding. ``y``: int32 class ids ``(N,)``
-    for classification, float32 ``(N, 2)`` gaze point ``(x, y)`` in cm for gaze.
-    Equality and hashing are by identity (arrays have no useful ``==``), which :func:`prepare`'s cache uses.
+    ``images`` is every image the split may select from: an in-memory array (float32 in ``[0, 1]``, the
+    embedded sets) or a :class:`nas.datacache.ImageStore` / uint8 array (an image folder, decoded once into
+    the on-disk cache); ``index`` the rows of this split in order (None: all rows, in order). A subset
+    (``--train-limit``) is another index into the same store, never a copy. For gaze data the last G channels
+    are the face-grid embedding. ``y``: int32 class ids ``(N,)`` for classification, float32 ``(N, 2)`` gaze
+    point ``(x, y)`` in cm for gaze. ``Split(x, y)`` with a float array is what it always was.
+    Equality and hashing are by identity, which :func:`nas.tf.pipeline.prepare`'s cache uses.
     """
 
-    x: np.ndarray
+    images: Any
     y: np.ndarray
+    index: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if len(self.x) != len(self.y):
-            raise ValueError(f"Split: {len(self.x)} images but {len(self.y)} labels")
+        if len(self) != len(self.y):
+            raise ValueError(f"Split: {len(self)} images but {len(self.y)} labels")
 
     def __len__(self) -> int:
-        return len(self.x)
+        return len(self.images) if self.index is None else len(self.index)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """One image's shape ``(H, W, C)`` as stored."""
+        return tuple(int(d) for d in self.images.shape[1:])
+
+    @property
+    def rows(self) -> np.ndarray:
+        """The store rows of this split, in order."""
+        return np.arange(len(self.images)) if self.index is None else self.index
+
+    def read(self, positions: np.ndarray | slice | None = None) -> np.ndarray:
+        """Images at ``positions`` of this split (all by default) as float32 in ``[0, 1]``."""
+        rows = self.rows if positions is None else self.rows[positions]
+        raw = self.images[rows] if isinstance(self.images, np.ndarray) else self.images.read(rows)
+        return to_unit_float(raw)
+
+    def read_raw(self, positions: np.ndarray) -> np.ndarray:
+        """Images at ``positions`` as stored (uint8 or float32): what the streaming pipeline converts itself."""
+        rows = self.rows[np.asarray(positions, np.int64)]
+        return self.images[rows] if isinstance(self.images, np.ndarray) else self.images.read(rows)
+
+    @property
+    def x(self) -> np.ndarray:
+        """The whole split as float32 ``(N, H, W, C)``: decoded into memory on every call for a cached folder
+        (the embedded sets return their array), so large data goes through :func:`nas.tf.pipeline.stream`."""
+        if self.index is None and isinstance(self.images, np.ndarray) and self.images.dtype == np.float32:
+            return self.images
+        return self.read()
+
+    def head(self, n: int | None) -> "Split":
+        """The first ``n`` samples (all when ``n`` is None or larger): an index selection, not a copy."""
+        if n is None or n >= len(self):
+            return self
+        return Split(self.images, self.y[:n], self.rows[:n])
+
+    def subset(self, positions: np.ndarray) -> "Split":
+        """The samples at ``positions``, sharing the store."""
+        positions = np.asarray(positions, np.int64)
+        return Split(self.images, self.y[positions], self.rows[positions])
+
+
+def to_unit_float(raw: np.ndarray) -> np.ndarray:
+    """Stored pixels as float32 in ``[0, 1]``: uint8 / 255; float arrays are already in range."""
+    if raw.dtype == np.uint8:
+        return raw.astype(np.float32) / np.float32(255.0)
+    return np.asarray(raw, np.float32)
 
 
 @dataclass(frozen=True, eq=False)
@@ -152,12 +203,12 @@ class Dataset:
     @property
     def resolution(self) -> int:
         """Native image height (all our data sets are square; ``native_shape`` has both sides)."""
-        return int(self.train.x.shape[1])
+        return int(self.train.shape[0])
 
     @property
     def image_channels(self) -> int:
         """Image channels at native size, without the grid embedding (1 or 3)."""
-        return int(self.train.x.shape[-1]) - self.grid_channels
+        return int(self.train.shape[-1]) - self.grid_channels
 
     @property
     def splits(self) -> dict[str, Split]:
@@ -173,13 +224,15 @@ class _Source:
     """What a loader hands :func:`load` before splitting.
 
     ``count`` items are known up front (labels / subjects from metadata); ``materialize(indices)`` reads
-    only the chosen ones, so ``limit`` never pays for images it drops. It returns the images, targets,
-    the positions (into ``indices``) actually kept, and extra description entries (skipped files...).
+    only the chosen ones, so ``limit`` never pays for images it drops. It returns the images (an array with
+    one row per kept item, or an image store with ``rows`` of its own), targets, the positions (into
+    ``indices``) actually kept, and extra description entries (skipped files...). An image folder's
+    ``materialize`` opens (or builds once) its uint8 cache (:mod:`nas.datacache`) and reads no pixel.
     """
 
     task: str
     count: int
-    materialize: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]]
+    materialize: Callable[[np.ndarray], tuple[Any, np.ndarray, np.ndarray, dict[str, Any]]]
     class_names: tuple[str, ...] = ()
     labels: np.ndarray | None = None  # class ids, known before reading images (stratification)
     groups: np.ndarray | None = None  # subject of each item (gaze-capture)
@@ -187,6 +240,18 @@ class _Source:
     grid_channels: int = 0
     info: dict[str, Any] | None = None
     augment: str | None = None
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """The kept items of a cached folder: rows of its store (``shape`` is the store's)."""
+
+    store: datacache.ImageStore
+    rows: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.store.shape[1:])
 
 
 @functools.lru_cache(maxsize=1)
@@ -261,11 +326,14 @@ def names() -> list[str]:
 
 
 def load(name_or_path: str, seed: int = 0, *, val_fraction: float = 0.15, test_fraction: float = 0.2,
-         limit: int | None = None) -> Dataset:
+         limit: int | None = None, cache_dir: str | os.PathLike[str] | None = None) -> Dataset:
     """Load a data set by name (:func:`names`) or folder path, split deterministically for ``seed``.
 
     ``limit`` keeps at most that many samples (a stratified, seeded choice made before any image is
-    read), for quick runs and tests. Raises :class:`UserError` for unknown names and bad folders.
+    read), for quick runs and tests. An image folder is decoded once into its uint8 cache under
+    ``cache_dir`` (:func:`nas.datacache.cache_root`) and its splits are rows of that cache: loading an
+    unchanged folder reads its listing and the cache's metadata, no pixel. Raises :class:`UserError` for
+    unknown names and bad folders.
     """
     key = str(name_or_path)
     _check_args(key, seed, val_fraction, test_fraction, limit)
@@ -273,7 +341,7 @@ def load(name_or_path: str, seed: int = 0, *, val_fraction: float = 0.15, test_f
         name, src = key, _BUILTINS[key]()
     elif _looks_like_path(key):
         root = Path(key).expanduser()
-        name, src = root.resolve().name or str(root), _folder_source(root)
+        name, src = root.resolve().name or str(root), _folder_source(root, cache_dir)
     else:
         raise UserError("data", "name", f"one of {', '.join(names())} or a folder path, got '{key}'"
                                         f"{did_you_mean(key, names())}")
@@ -290,7 +358,10 @@ def load(name_or_path: str, seed: int = 0, *, val_fraction: float = 0.15, test_f
     how, parts = _split_indices(len(chosen), labels, None if src.groups is None else src.groups[chosen],
                                 None if src.official is None else src.official[chosen],
                                 val_fraction, test_fraction, rng, key)
-    splits = {k: Split(np.ascontiguousarray(x[v]), np.ascontiguousarray(y[v])) for k, v in parts.items()}
+    if isinstance(x, _Rows):  # a cached folder: every split is rows of the one store
+        splits = {k: Split(x.store, np.ascontiguousarray(y[v]), x.rows[v]) for k, v in parts.items()}
+    else:
+        splits = {k: Split(np.ascontiguousarray(x[v]), np.ascontiguousarray(y[v])) for k, v in parts.items()}
 
     desc: dict[str, Any] = {"name": name, "task": src.task, **(src.info or {})}
     desc.update({
@@ -298,7 +369,7 @@ def load(name_or_path: str, seed: int = 0, *, val_fraction: float = 0.15, test_f
         "limit": None if limit is None else int(limit),
         "split": how,
         "counts": {k: len(s) for k, s in splits.items()},
-        "native_shape": [int(d) for d in x.shape[1:]],
+        "native_shape": [int(d) for d in x.shape[1:]],  # as stored (a cached folder: the cache's size)
         "image_channels": int(x.shape[-1]) - src.grid_channels,
         "grid_channels": src.grid_channels,
         "classes": list(src.class_names),
@@ -433,7 +504,7 @@ def _carve_validation(official: np.ndarray, labels: np.ndarray | None, val_fract
 # Folders: image classes or GazeCapture
 
 
-def _folder_source(root: Path) -> _Source:
+def _folder_source(root: Path, cache_dir: str | os.PathLike[str] | None = None) -> _Source:
     if not root.exists():
         raise UserError(str(root), "", "an existing data folder (one subfolder per class, or a GazeCapture "
                                        f"folder) or one of the names {', '.join(names())}; the path does not exist")
@@ -447,11 +518,12 @@ def _folder_source(root: Path) -> _Source:
         return _gazecapture_source(root, subjects)
     names_ = {d.name for d in subdirs}
     if names_ <= set(PRESPLIT_FOLDERS) and {"train", "test"} <= names_:
-        return _presplit_source(root, [root / k for k in PRESPLIT_FOLDERS if k in names_])
-    return _image_folder_source(root, subdirs)
+        return _presplit_source(root, [root / k for k in PRESPLIT_FOLDERS if k in names_], cache_dir)
+    return _image_folder_source(root, subdirs, cache_dir)
 
 
-def _presplit_source(root: Path, split_dirs: list[Path]) -> _Source:
+def _presplit_source(root: Path, split_dirs: list[Path], cache_dir: str | os.PathLike[str] | None = None
+                     ) -> _Source:
     """``root/train/<class>/...`` and ``root/test/<class>/...`` (``val/`` optional): the splits the data's
     authors made. Classes come from ``train/`` (alphabetical); ``val/`` and ``test/`` may hold only those."""
     train = split_dirs[0]
@@ -462,6 +534,7 @@ def _presplit_source(root: Path, split_dirs: list[Path]) -> _Source:
     labels: list[int] = []
     official: list[str] = []
     class_dirs: list[Path] = []
+    dirs: list[int] = []
     for split in split_dirs:
         here = sorted(d for d in split.iterdir() if d.is_dir() and not d.name.startswith("."))
         unknown = [d.name for d in here if d.name not in classes]
@@ -473,14 +546,16 @@ def _presplit_source(root: Path, split_dirs: list[Path]) -> _Source:
             files += mine
             labels += [classes.index(d.name)] * len(mine)
             official += [split.name] * len(mine)
+            dirs += [len(class_dirs)] * len(mine)
             class_dirs.append(d)
     for split in split_dirs:
         if split.name not in official:
             raise UserError(str(split), "", "PNG/JPEG images in class subfolders; this split folder has none")
     labels_arr = np.asarray(labels, np.int32)
+    dir_index = np.asarray(dirs, np.int64)
 
-    def materialize(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        x, kept, extra = _read_images(root, [files[i] for i in idx], class_dirs)
+    def materialize(idx: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, dict[str, Any]]:
+        x, kept, extra = _cached_images(root, files, idx, class_dirs, dir_index, cache_dir)
         return x, labels_arr[idx][kept], kept, extra
 
     return _Source(task="classification", count=len(files), labels=labels_arr, class_names=tuple(classes),
@@ -498,7 +573,8 @@ def _image_files(folder: Path) -> list[Path]:
     return found
 
 
-def _image_folder_source(root: Path, class_dirs: list[Path]) -> _Source:
+def _image_folder_source(root: Path, class_dirs: list[Path], cache_dir: str | os.PathLike[str] | None = None
+                         ) -> _Source:
     if not class_dirs:
         loose = _image_files(root)
         if loose:
@@ -517,98 +593,45 @@ def _image_folder_source(root: Path, class_dirs: list[Path]) -> _Source:
         labels += [c] * len(mine)
     class_names = tuple(d.name for d in class_dirs)
     labels_arr = np.asarray(labels, np.int32)
+    dir_index = labels_arr.astype(np.int64)  # one folder per class
 
-    def materialize(idx: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
-        x, kept, extra = _read_images(root, [files[i] for i in idx], class_dirs)
+    def materialize(idx: np.ndarray) -> tuple[Any, np.ndarray, np.ndarray, dict[str, Any]]:
+        x, kept, extra = _cached_images(root, files, idx, class_dirs, dir_index, cache_dir)
         return x, labels_arr[idx][kept], kept, extra
 
     return _Source(task="classification", count=len(files), labels=labels_arr, class_names=class_names,
                    materialize=materialize, info={"source": str(root.resolve())}, augment="classification")
 
 
-def _read_images(root: Path, paths: Sequence[Path], class_dirs: Sequence[Path] = ()
-                 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Decode ``paths`` to one float32 array, applying the colour / size / unreadable-file policy.
+def _cached_images(root: Path, files: Sequence[Path], idx: np.ndarray, class_dirs: Sequence[Path],
+                   dir_index: np.ndarray, cache_dir: str | os.PathLike[str] | None
+                   ) -> tuple[_Rows, np.ndarray, dict[str, Any]]:
+    """The chosen files ``idx`` as rows of the folder's uint8 cache, with the unreadable-file policy applied.
 
-    Two passes: headers first (cheap) to choose the common size and gray-vs-RGB, then pixels.
+    The whole listing is cached (decoded once, whatever ``limit`` chose), so every seed and limit shares it;
+    the policy (skipped and counted, more than 10% unreadable is the folder's fault) applies to the chosen files.
     """
-    from PIL import Image
-
-    bad: list[str] = []
-    heads: dict[int, tuple[str, tuple[int, int]]] = {}
-    for i, p in enumerate(paths):
-        try:
-            with Image.open(p) as im:
-                heads[i] = (im.mode, im.size)
-        except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable file"
-            log.debug("cannot open %s: %s", p, e)
-            bad.append(str(p))
-    sizes = collections.Counter(size for _, size in heads.values())
-    gray = bool(heads) and all(mode in _GRAY_MODES for mode, _ in heads.values())
-    (w, h), _ = sizes.most_common(1)[0] if sizes else ((0, 0), 0)
-    out = np.zeros((len(paths), h, w, 1 if gray else 3), np.float32)
-    kept: list[int] = []
-    resized = 0
-    for i, p in enumerate(paths):
-        if i not in heads:
-            continue
-        try:
-            with Image.open(p) as im:
-                im.load()
-                arr = _to_float(im, gray)
-        except Exception as e:  # noqa: BLE001 - any decoder failure means "unreadable file"
-            log.debug("cannot decode %s: %s", p, e)
-            bad.append(str(p))
-            continue
-        if arr.shape[:2] != (h, w):
-            arr = _resize_one(arr, h, w)
-            resized += 1
-        out[i] = arr
-        kept.append(i)
-    kept_arr = np.asarray(kept, np.int64)
+    store = datacache.open_or_build(root, files, cache_dir)
+    ok = store.ok[idx]
+    kept_arr = np.flatnonzero(ok).astype(np.int64)
+    bad = [files[i] for i in idx[~ok]]
     rel = sorted(os.path.relpath(b, root) for b in bad)
-    if len(bad) > MAX_UNREADABLE_FRACTION * len(paths):  # the error alone says it: one line, no warning before it
+    if len(bad) > MAX_UNREADABLE_FRACTION * len(idx):  # the error alone says it: one line, no warning before it
         raise UserError(str(root), "", f"at most {MAX_UNREADABLE_FRACTION:.0%} unreadable images; {len(bad)} of "
-                                       f"{len(paths)} could not be decoded ({', '.join(rel[:5])}"
+                                       f"{len(idx)} could not be decoded ({', '.join(rel[:5])}"
                                        f"{' ...' if len(rel) > 5 else ''})")
-    kept_set = set(kept)
-    for d in class_dirs:  # a class that lost every image to corruption cannot be learnt
-        tried = {i for i, p in enumerate(paths) if Path(p).is_relative_to(d)}
-        if tried and not tried & kept_set:
-            raise UserError(str(d), "", "at least one readable image in every class folder; none could be decoded")
+    if bad:  # a class folder that lost every image to corruption cannot be learnt
+        tried = np.unique(dir_index[idx])
+        for d in tried[~np.isin(tried, dir_index[idx[ok]])]:
+            raise UserError(str(class_dirs[d]), "", "at least one readable image in every class folder; none "
+                                                    "could be decoded")
     if bad:
-        log.warning("%s: skipped %d unreadable image file(s) of %d: %s%s", root, len(bad), len(paths),
+        log.warning("%s: skipped %d unreadable image file(s) of %d: %s%s", root, len(bad), len(idx),
                     ", ".join(rel[:_MAX_LISTED]), " ..." if len(rel) > _MAX_LISTED else "")
-    extra = {"skipped": len(bad), "skipped_files": rel[:_MAX_LISTED], "resized_to_native": resized,
-             "color": "gray" if gray else "rgb"}
-    return out[kept_arr], kept_arr, extra
-
-
-def _to_float(im: Any, gray: bool) -> np.ndarray:
-    """One PIL image to float32 ``(H, W, 1 or 3)`` in [0, 1]; alpha is flattened over black."""
-    mode = im.mode
-    if mode.startswith("I") or mode == "F":
-        a = np.asarray(im, np.float32)
-        a = a / (65535.0 if mode != "F" and a.max(initial=0) > 255 or mode.startswith("I;16") else 255.0)
-        a = np.clip(a, 0.0, 1.0)[..., None]
-    elif mode in _GRAY_MODES:  # "1", "L", "LA", "La"
-        la = np.asarray(im.convert("LA"), np.float32) / 255.0
-        a = (la[..., 0] * la[..., 1])[..., None]
-    else:
-        rgba = np.asarray(im.convert("RGBA"), np.float32) / 255.0
-        a = rgba[..., :3] * rgba[..., 3:4]
-    if gray:
-        return a.astype(np.float32)
-    return np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a.astype(np.float32)
-
-
-def _resize_one(arr: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize of one float image ``(H, W, C)`` with PIL (per channel, float mode)."""
-    from PIL import Image
-
-    chans = [np.asarray(Image.fromarray(arr[..., c]).resize((w, h), Image.Resampling.BILINEAR))
-             for c in range(arr.shape[-1])]
-    return np.clip(np.stack(chans, axis=-1), 0.0, 1.0).astype(np.float32)
+    meta = store.meta
+    extra = {"skipped": len(bad), "skipped_files": rel[:_MAX_LISTED], "resized_to_native": meta["resized_to_stored"],
+             "color": meta["color"], "image_sizes": meta["image_sizes"], "cache": str(store.path)}
+    return _Rows(store, idx[kept_arr]), kept_arr, extra
 
 
 # --- GazeCapture -------------------------------------------------------------------------------------

@@ -217,12 +217,14 @@ def test_mixed_gray_rgba_rgb_become_rgb(tmp_path: Path) -> None:
     _write(tmp_path / "a" / "rgba.png", rgba)
     _write(tmp_path / "a" / "rgb.jpg", _rgb(rng))
     _write(tmp_path / "b" / "palette.png", _gray(rng) // 64, mode="P")  # mode P (palette)
-    _write(tmp_path / "b" / "big.png", _rgb(rng, 32, 24))  # another size: resized to the common 16x16
-    _write(tmp_path / "b" / "rgb.png", _rgb(rng))
+    _write(tmp_path / "b" / "small.png", _rgb(rng, 12, 10))  # another size: mixed sizes are stored at the 90th
+    _write(tmp_path / "b" / "rgb.png", _rgb(rng))              # percentile of the shorter sides (16 here)
     ds = data.load(str(tmp_path), limit=None)
     _check_dataset(ds)
     assert ds.train.x.shape[1:] == (16, 16, 3)
     assert ds.description["color"] == "rgb" and ds.description["resized_to_native"] == 1
+    sizes = ds.description["image_sizes"]
+    assert sizes["distinct"] == 2 and sizes["shorter_side"]["min"] == 10 and sizes["most_common"][0][2] == 5
     x = np.concatenate([ds.train.x, ds.val.x, ds.test.x])
     # the RGBA image is transparent except one pixel: flattened over black
     assert any(float(img.sum()) > 0 and np.count_nonzero(img.sum(-1)) == 1 for img in x)
