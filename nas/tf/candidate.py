@@ -107,11 +107,13 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
     timings = dict(trained.timings)
 
     grid = ds.grid_channels
-    x_train = pipeline.prepare(ds.train, spec.resolution, spec.channels, grid)
-    x_scored = pipeline.prepare(scored, spec.resolution, spec.channels, grid)
+    res, ch = spec.resolution, spec.channels
+    # streamed from the store, never the whole split in memory: calibration reads its 100 images, evaluation
+    # goes through in batches
+    calibration = pipeline.prepare(ds.train.head(100), res, ch, grid)
     t0 = time.perf_counter()
     try:
-        tflite = convert.to_int8(trained.model, x_train, samples=100)
+        tflite = convert.to_int8(trained.model, calibration, samples=100)
     except Exception as e:
         raise CandidateError(f"INT8 conversion failed: {first_line(e, with_type=True)}") from e
     timings["convert"] = time.perf_counter() - t0
@@ -120,13 +122,12 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         trained.model.save(files.keras, include_optimizer=False)
 
     t0 = time.perf_counter()
-    int8_pred = convert.predict_int8(tflite, x_scored)
-    float_pred = trained.model.predict(x_scored, verbose=0, batch_size=256)
+    int8_pred = convert.predict_int8(tflite, pipeline.arrays(scored, res, ch, grid))
+    float_pred = trained.model.predict(pipeline.stream(scored, res, ch, grid, labels=False), verbose=0)
     int8_metric = metric_value(ds.task, scored.y, int8_pred)
     float_metric = metric_value(ds.task, scored.y, float_pred)
     # the validation INT8 figure always: it is what picks among finalized models, never the test one
-    val_pred = int8_pred if report == "val" else convert.predict_int8(
-        tflite, pipeline.prepare(ds.val, spec.resolution, spec.channels, grid))
+    val_pred = int8_pred if report == "val" else convert.predict_int8(tflite, pipeline.arrays(ds.val, res, ch, grid))
     timings["evaluate"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     measured = profile.measure(tflite)

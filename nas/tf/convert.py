@@ -106,10 +106,11 @@ def quantize_input(x: np.ndarray, scale: float, zero_point: int) -> np.ndarray:
     return np.clip(np.round(x / scale + zero_point), -128, 127).astype(np.int8)
 
 
-def predict_int8(tflite: bytes, x: np.ndarray, *, batch: int = 64) -> np.ndarray:
+def predict_int8(tflite: bytes, x: np.ndarray | Iterable[np.ndarray], *, batch: int = 64) -> np.ndarray:
     """Run the INT8 model on float inputs ``x`` (quantized with the model's own input parameters) and
     return de-quantized float outputs. Inputs go through in batches (the interpreter is resized once per
-    batch size), which keeps evaluation of a few thousand images to seconds."""
+    batch size), which keeps evaluation of a few thousand images to seconds. ``x`` is one array, or an
+    iterable of arrays (:func:`nas.tf.pipeline.arrays`: a split streamed from its store, one interpreter)."""
     it = tf.lite.Interpreter(
         model_content=tflite,
         experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES,
@@ -119,8 +120,8 @@ def predict_int8(tflite: bytes, x: np.ndarray, *, batch: int = 64) -> np.ndarray
     out_scale, out_zp = out["quantization"]
     results = []
     size = None
-    for start in range(0, len(x), batch):
-        chunk = x[start : start + batch]
+    parts = (x,) if isinstance(x, np.ndarray) else x
+    for chunk in (part[s : s + batch] for part in parts for s in range(0, len(part), batch)):
         if len(chunk) != size:
             size = len(chunk)
             it.resize_tensor_input(inp["index"], [size, *inp["shape"][1:]])
@@ -179,21 +180,23 @@ def evaluate_file(model: str, dataset: str, *, split: str = "test", seed: int = 
     ds = data_mod.load(dataset, seed=seed)
     grid = ds.grid_channels
     splits = ds.splits if split == "all" else {split: ds.splits[split]}
-    xs, ys = [], []
-    for s in splits.values():
-        xs.append(pipeline.prepare(s, h, c - grid, grid))
-        ys.append(s.y)
-    x, y = np.concatenate(xs), np.concatenate(ys)
+    y = np.concatenate([s.y for s in splits.values()])
     lo, hi = INPUT_RANGES[rng]
-    if (lo, hi) != (0.0, 1.0):
-        x = x.copy()
-        x[..., : c - grid] = lo + x[..., : c - grid] * (hi - lo)  # image channels only, never the face grid
-    pred = predict_int8(flat, x)
+
+    def batches() -> Iterator[np.ndarray]:
+        """Each split streamed from its store, in the model's input range (image channels only, never the grid)."""
+        for s in splits.values():
+            for xb in pipeline.arrays(s, h, c - grid, grid):
+                if (lo, hi) != (0.0, 1.0):
+                    xb[..., : c - grid] = lo + xb[..., : c - grid] * (hi - lo)
+                yield xb
+
+    pred = predict_int8(flat, batches())
     if ds.task == "classification" and pred.shape[-1] != ds.num_classes:
         raise UserError(str(path), "output", f"{ds.num_classes} classes for data set '{ds.name}', the model has "
                         f"{pred.shape[-1]} outputs")
     name, higher = metric_for(ds.task)
-    return {"model": str(path), "dataset": dataset, "split": split, "samples": int(len(x)), "metric_name": name,
+    return {"model": str(path), "dataset": dataset, "split": split, "samples": int(len(y)), "metric_name": name,
             "higher_is_better": higher, "int8_metric": metric_value(ds.task, y, pred),
             "int8_interval": list(metric_interval(ds.task, y, pred)), "input_range": rng}
 

@@ -1,14 +1,18 @@
-"""Arrays to network inputs: resize and channel conversion at a candidate's resolution, and ``tf.data``.
+"""Splits to network inputs: resize and channel conversion at a candidate's resolution, and ``tf.data``.
 
-:func:`prepare` turns a :class:`nas.data.Split` (float32 at the data set's native size) into the input a
-candidate network expects, once per split and shape (cached); :func:`to_tf_dataset` makes a batched,
-prefetched ``tf.data`` pipeline with the data set's augmentation. It lives in :mod:`nas.tf` because the
-resize and the pipeline are TensorFlow's; :mod:`nas.data` itself reads and splits data without it.
+:func:`stream` is the path for training, calibration and evaluation: a batched, prefetched ``tf.data``
+pipeline that reads a :class:`nas.data.Split`'s rows from its store (the uint8 image cache of a folder) a
+batch at a time and resizes, converts channels, normalises and augments inside the pipeline, so a worker
+holds a few batches, never the data set (memory does not grow with the number of images). :func:`arrays`
+yields the same batches as NumPy (the INT8 interpreter's input). :func:`prepare` (a whole split as one
+float32 array, cached per shape) and :func:`to_tf_dataset` (a pipeline over in-memory arrays) remain for
+small data and for callers that need an array. It lives in :mod:`nas.tf` because the resize and the
+pipeline are TensorFlow's; :mod:`nas.data` itself reads and splits data without it.
 """
 from __future__ import annotations
 
 import collections
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
@@ -24,17 +28,17 @@ class _PreparedCache:
     """A small LRU of prepared arrays keyed on (split identity, resolution, channels, grid channels).
 
     Candidates in a search share a handful of input shapes, so each split is resized once per shape, not
-    once per candidate. Bounded by entries and bytes; each entry keeps a reference to its source array so
+    once per candidate. Bounded by entries and bytes; each entry keeps a reference to its split so
     an ``id`` is never reused while cached. Cached arrays are read-only: a caller that edits them in place
     would silently corrupt every later candidate.
     """
 
     def __init__(self, max_entries: int = 12, max_bytes: int = 2 << 30) -> None:
         self.max_entries, self.max_bytes = max_entries, max_bytes
-        self._items: collections.OrderedDict[tuple[int, int, int, int], tuple[np.ndarray, np.ndarray]] = \
+        self._items: collections.OrderedDict[tuple[int, int, int, int], tuple[Any, np.ndarray]] = \
             collections.OrderedDict()
 
-    def get(self, src: np.ndarray, key: tuple[int, int, int, int], make: Callable[[], np.ndarray]) -> np.ndarray:
+    def get(self, src: Any, key: tuple[int, int, int, int], make: Callable[[], np.ndarray]) -> np.ndarray:
         hit = self._items.get(key)
         if hit is not None and hit[0] is src:
             self._items.move_to_end(key)
@@ -62,17 +66,16 @@ def prepare(split: Split, resolution: int, channels: int, grid_channels: int = 0
     uses). The last ``grid_channels`` channels (the gaze face-grid embedding) are resized but never
     converted. Returns read-only float32 in ``[0, 1]``, computed once per (split, shape) and cached.
     """
-    x = split.x
-    c_in = x.shape[-1] - grid_channels
+    c_in = split.shape[-1] - grid_channels
     if channels not in (1, 3):
         raise ValueError(f"prepare: channels must be 1 or 3, got {channels}")
     if c_in not in (1, 3) or grid_channels < 0:
-        raise ValueError(f"prepare: {x.shape[-1]} channels with {grid_channels} grid channels leaves {c_in} "
+        raise ValueError(f"prepare: {split.shape[-1]} channels with {grid_channels} grid channels leaves {c_in} "
                          "image channels; expected 1 or 3")
     if resolution < 1:
         raise ValueError(f"prepare: resolution must be positive, got {resolution}")
-    key = (id(x), int(resolution), int(channels), int(grid_channels))
-    return _PREPARED.get(x, key, lambda: _prepare(x, int(resolution), channels, grid_channels))
+    key = (id(split), int(resolution), int(channels), int(grid_channels))
+    return _PREPARED.get(split, key, lambda: _prepare(split.x, int(resolution), channels, grid_channels))
 
 
 def _prepare(x: np.ndarray, resolution: int, channels: int, grid_channels: int) -> np.ndarray:
@@ -97,6 +100,85 @@ def _resize_batch(x: np.ndarray, resolution: int, chunk: int = 1024) -> np.ndarr
         out[s:s + chunk] = tf.image.resize(x[s:s + chunk], (resolution, resolution), method="bilinear",
                                            antialias=True).numpy()
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# stream(): batches read from the store, converted inside the pipeline
+
+
+def stream(split: Split, resolution: int, channels: int, grid_channels: int = 0, *, batch_size: int = 256,
+           shuffle: bool = False, seed: int = 0, augment: str | None = None, labels: bool = True) -> Any:
+    """A batched, prefetched ``tf.data.Dataset`` of ``split`` at ``resolution`` with ``channels`` image channels.
+
+    Only positions are shuffled (an int64 per image); each batch's rows are read from the split's store
+    (``os.pread`` of the uint8 cache, or a slice of an in-memory array) in a ``tf.numpy_function``, then cast
+    to float32 in ``[0, 1]``, converted (gray <-> RGB as :func:`prepare`, the grid channels untouched), resized
+    (bilinear, antialiased; skipped at the stored size) and augmented as :func:`to_tf_dataset` does, with
+    reads and conversion of the next batches overlapping training (parallel map, prefetch). Yields
+    ``(x, y)``, or ``x`` alone with ``labels=False``. Deterministic for ``seed``.
+    """
+    if augment not in (None, *AUGMENTS):
+        raise ValueError(f"augment must be one of {AUGMENTS} or None, got {augment!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if channels not in (1, 3):
+        raise ValueError(f"stream: channels must be 1 or 3, got {channels}")
+    h, w, c_all = split.shape
+    c_in = c_all - grid_channels
+    if c_in not in (1, 3) or grid_channels < 0:
+        raise ValueError(f"stream: {c_all} channels with {grid_channels} grid channels leaves {c_in} image "
+                         "channels; expected 1 or 3")
+    n = len(split)
+    raw_dtype = tf.as_dtype(np.dtype(getattr(split.images, "dtype", np.float32)))
+    y_all = np.asarray(split.y)
+
+    def fetch(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return split.read_raw(positions), y_all[positions]
+
+    def load(positions: Any) -> tuple[Any, Any]:
+        x, y = tf.numpy_function(fetch, [positions], [raw_dtype, tf.as_dtype(y_all.dtype)], stateful=False)
+        x.set_shape([None, h, w, c_all])
+        y.set_shape([None, *y_all.shape[1:]])
+        return _convert(x, int(resolution), channels, grid_channels), y
+
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(max(n, 1), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if augment is not None:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+        g = grid_channels if augment == "gaze" else 0
+        fn = _augment_fn(augment, g)
+        ds = tf.data.Dataset.zip((ds, seeds)).map(lambda xy, s: (fn(xy[0], s), xy[1]),
+                                                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if not labels:
+        ds = ds.map(lambda x, y: x)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def arrays(split: Split, resolution: int, channels: int, grid_channels: int = 0, *,
+           batch_size: int = 1024) -> Iterator[np.ndarray]:
+    """The split's images at ``resolution`` in order, as float32 NumPy batches (for the INT8 interpreter)."""
+    for x in stream(split, resolution, channels, grid_channels, batch_size=batch_size, labels=False):
+        yield x.numpy()
+
+
+def _convert(x: Any, resolution: int, channels: int, grid_channels: int) -> Any:
+    """Stored pixels to the network's input: float32 in [0, 1], channels converted, resized (as :func:`prepare`)."""
+    x = tf.cast(x, tf.float32) / 255.0 if x.dtype == tf.uint8 else tf.cast(x, tf.float32)
+    c_in = x.shape[-1] - grid_channels
+    img, grid = x[..., :c_in], x[..., c_in:]
+    if c_in == 3 and channels == 1:  # reduce before resizing: a third of the work
+        img = tf.tensordot(img, tf.constant([0.299, 0.587, 0.114], tf.float32), axes=[[3], [0]])[..., None]
+    both = tf.concat([img, grid], axis=-1) if grid_channels else img
+    if tuple(x.shape[1:3]) != (resolution, resolution):
+        both = tf.image.resize(both, (resolution, resolution), method="bilinear", antialias=True)
+    k = both.shape[-1] - grid_channels
+    img, grid = both[..., :k], both[..., k:]
+    if k == 1 and channels == 3:
+        img = tf.repeat(img, 3, axis=-1)
+    out = tf.concat([img, grid], axis=-1) if grid_channels else img
+    return tf.clip_by_value(out, 0.0, 1.0)
 
 
 # --------------------------------------------------------------------------------------------------

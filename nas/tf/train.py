@@ -307,16 +307,16 @@ def train_qat(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, *, seed
     grid = dataset.grid_channels
     check_compatible(spec, dataset)
     t0 = time.perf_counter()
-    x_train = pipeline.prepare(dataset.train, spec.resolution, spec.channels, grid)
-    y_train = dataset.train.y
-    if budget.train_limit and len(x_train) > budget.train_limit:
-        x_train, y_train = x_train[: budget.train_limit], y_train[: budget.train_limit]
-    x_val = pipeline.prepare(dataset.val, spec.resolution, spec.channels, grid)
-    p = plan_budget(budget, len(x_train))
+    # streamed from the split's store (resize, normalisation, augmentation inside tf.data): memory does not grow
+    # with the data set; --train-limit is an index selection of the same store
+    train_split = dataset.train.head(budget.train_limit or None)
+    p = plan_budget(budget, len(train_split))
     augment = dataset.description.get("augment")
-    train_ds = pipeline.to_tf_dataset(x_train, y_train, p.batch_size, shuffle=True, seed=seed, augment=augment,
-                                      grid_channels=grid if task == "gaze" else None)
-    val_ds = pipeline.to_tf_dataset(x_val, dataset.val.y, max(p.batch_size, 256), shuffle=False, seed=seed)
+    train_ds = pipeline.stream(train_split, spec.resolution, spec.channels, grid, batch_size=p.batch_size,
+                               shuffle=True, seed=seed, augment=augment)
+    val_ds = pipeline.stream(dataset.val, spec.resolution, spec.channels, grid,
+                             batch_size=max(p.batch_size, 256), seed=seed)
+    x_val = val_ds  # what predict() reads for the validation figures (its labels are ignored)
     timings["data"] = time.perf_counter() - t0
     classes = dataset.num_classes if task == "classification" else 0
     chance = Chance.of(dataset.val.y, classes) if task == "classification" and p.recipe.detect_collapse else None
