@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -19,6 +20,9 @@ from nas.errors import UserError
 from nas.finalize import DEFAULT_EPOCHS as FINALIZE_EPOCHS
 from nas.formatting import kb
 from nas.metrics import split_name
+
+CACHE_DIR_HELP = ("where image folders are decoded once (a uint8 cache every command and worker reuses; default "
+                  "$TINYNAS_CACHE_DIR or ~/.cache/tinynas/data)")
 
 
 def _spec_from_args(args: argparse.Namespace):
@@ -512,6 +516,7 @@ def _add_search_parsers(sub) -> None:
     se.add_argument("--space", help="search-space file: a path or a shipped name (default: mobilenetv3.yaml for "
                                     "classification, tinytracker.yaml for gaze data)")
     se.add_argument("--dataset", help="mnist (default, embedded), faces, gaze-synthetic, or a folder")
+    se.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     se.add_argument("--trials", type=int, help="candidates to train; rejected ones do not count (default 20, or "
                                                "no limit but the time with --time)")
     se.add_argument("--time", help="wall-clock budget, e.g. 10m, 1h30m: no candidate starts after it (nor when less "
@@ -559,6 +564,7 @@ def _add_search_parsers(sub) -> None:
                     help=f"training epochs in all, float then QAT (default {FINALIZE_EPOCHS})")
     fi.add_argument("--seeds", type=int, default=1, help="train each trial with seeds 0..N-1 (default 1)")
     fi.add_argument("--train-limit", type=int, help="use at most this many training samples (default: all)")
+    fi.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     fi.add_argument("--batch-size", type=int, help="default: the recipe's (up to 128)")
     fi.add_argument("--lr", type=float, help="peak learning rate (default: the recipe's, scaled to the batch)")
     fi.add_argument("--recipe", choices=sorted(RECIPES), default="default", help="training recipe (default: default)")
@@ -679,6 +685,7 @@ def _add_export_parsers(sub) -> None:
                       help="export the best feasible trial by int8_metric (or the task metric's name, e.g. accuracy), "
                            "float_metric, memory_bytes, energy_mj, latency_ms, macs or tflite_bytes")
     ex.add_argument("--out", default="bundles", help="folder the bundles go into (default ./bundles)")
+    ex.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     ex.add_argument("--name", help="bundle folder name (default trial-<n>, or the trained folder's name); "
                                    "a prefix when several trials are exported")
     ex.add_argument("--constraints", help="constraint file to check against (default: the run's own; needed for "
@@ -826,6 +833,7 @@ def build_parser() -> _Parser:
     tr.add_argument("--width", type=float, help="override the width multiplier")
     tr.add_argument("--classes", type=int, help=argparse.SUPPRESS)
     tr.add_argument("--dataset", default="mnist", help="mnist (default, embedded), faces, gaze-synthetic, or a folder")
+    tr.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     tr.add_argument("--epochs", type=int, default=3, help="training epochs in all, float then QAT (default 3)")
     tr.add_argument("--qat-epochs", type=int, help="how many of --epochs are QAT (default: the recipe's share, "
                                                    "20%%, at least 1)")
@@ -847,6 +855,7 @@ def build_parser() -> _Parser:
                         help="evaluate an INT8 .tflite (or a folder holding model_int8.tflite) on a data set")
     ev.add_argument("model", help="a .tflite file or a folder with model_int8.tflite")
     ev.add_argument("--dataset", required=True, help="mnist, faces, gaze-synthetic, or a folder")
+    ev.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     ev.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                     help="which split (default test; 'all' for a folder the model never saw)")
     ev.add_argument("--seed", type=int, default=0, help="split seed (must match training's to reuse its test split)")
@@ -869,6 +878,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         getattr(parser_of, "unknown", parser.unknown)(extra)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if getattr(args, "cache_dir", None):  # the environment carries it to workers and child processes
+        from nas.datacache import ENV_CACHE_DIR
+
+        os.environ[ENV_CACHE_DIR] = str(Path(args.cache_dir).expanduser().resolve())
     try:
         return args.func(args)
     except UserError as e:

@@ -125,6 +125,9 @@ def create_run(req: SearchRequest) -> Path:
     if req.storage:
         check_storage_url(req.storage)
     dataset_name = req.dataset or DEFAULT_DATASET
+    # an image folder is decoded (once, into its uint8 cache) by a child process with a progress bar: this
+    # process reads the listing and the cache's metadata, never a pixel, and holds only the split indices
+    data.cache_in_child(dataset_name)
     ds = data.load(dataset_name, seed=req.seed)
     space_path = space_mod.resolve_space_path(req.space or space_mod.default_space_for(ds.task))
     sp = space_mod.load_space(str(space_path))
