@@ -388,6 +388,23 @@ def load(name_or_path: str, seed: int = 0, *, val_fraction: float = 0.15, test_f
                    class_names=src.class_names, description=desc, grid_channels=src.grid_channels)
 
 
+def cache_in_child(name_or_path: str, cache_dir: str | os.PathLike[str] | None = None) -> None:
+    """Make sure an image folder's uint8 cache exists, decoding it (if needed) in a child process.
+
+    The search coordinator calls this before :func:`load`, so that it never decodes an image itself: its own
+    :func:`load` then reads the listing and the cache's metadata. Embedded sets, GazeCapture folders (read
+    into memory by :func:`load`, not cached) and paths that are not folders (:func:`load` reports them) are
+    left alone.
+    """
+    key = str(name_or_path)
+    if key in _BUILTINS or not _looks_like_path(key):
+        return
+    root = Path(key).expanduser()
+    if not root.is_dir() or (root / "dotInfo.json").is_file() or any(root.glob("*/dotInfo.json")):
+        return
+    datacache.build_in_child(str(root), cache_dir)
+
+
 def _check_args(key: str, seed: int, val_fraction: float, test_fraction: float, limit: int | None) -> None:
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise UserError(key, "seed", f"a non-negative integer, got {seed!r}")
