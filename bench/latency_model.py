@@ -129,8 +129,7 @@ def ranking(n: int, seed: int, profile_name: str | None = None) -> dict[str, Any
     for _ in range(n):
         params = sample(space, lambda name, values: rng.choice(values))
         prof = profile.estimate(to_spec(space, params, DataShape("classification", 10, 3)))
-        specs.append({"spec": prof.spec, "macs": prof.macs, "latency_ms": target.latency_ms(prof.macs, prof.layers),
-                      "linear_ms": target.latency_ms(prof.macs)})
+        specs.append({"spec": prof.spec, "macs": prof.macs, "latency_ms": target.latency_ms(prof.macs, prof.layers)})
     macs = [float(s["macs"]) for s in specs]
     lat = [float(s["latency_ms"]) for s in specs]
     best = None

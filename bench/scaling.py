@@ -196,8 +196,8 @@ def synthetic_metrics(spec: Any, target: Any, budget: dict[str, Any], rng: rando
         "budget": budget, "seed": 0, "history": hist,
         "timings": {k: round(rng.uniform(0.05, 30), 3) for k in ("data", "build", "qat_train", "convert", "evaluate",
                                                                    "measure")},
-        "target": target.name, "runtime": "tflm", "latency_ms": target.latency_ms(est.macs),
-        "inference_ms": target.inference_ms(est.macs), "energy_mj": target.energy_mj(est.macs),
+        "target": target.name, "runtime": "tflm", "latency_ms": target.latency_ms(est.macs, est.layers),
+        "inference_ms": target.inference_ms(est.macs, est.layers), "energy_mj": target.energy_mj(est.macs, est.layers),
         "seconds": round(rng.uniform(20, 120), 3),
     }
 
