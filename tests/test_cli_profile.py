@@ -102,6 +102,10 @@ def test_profile_of_a_public_tflite_matches_its_known_figures(rel):
     limits = {c["name"]: c for c in rep["limits"]}
     assert limits["sram_bytes"]["value"] == arena and limits["flash_bytes"]["value"] == flash
     assert rep["fits"] is (flash <= 250 * 1024 and arena <= 250 * 1024)  # the person detector's 300 KB breaks flash
+    # latency per layer on mcu_vww.yaml's per-op profile: every operator priced, summing to the inference time
+    assert rep["latency_model"] == "per_op"
+    assert sum(row["latency_ms"] for row in rep["layers"]) == pytest.approx(rep["inference_ms"], rel=1e-9)
+    assert all(row["latency_ms"] > 0 for row in rep["layers"] if row["op"] != "RESHAPE")
 
 
 def test_profile_of_a_tflite_as_a_table_and_the_first_layer_apart():
