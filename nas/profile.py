@@ -427,7 +427,8 @@ def format_report(rep: dict[str, Any], prof: Profile) -> str:
     if rep["target"]:
         t = rep["target"]
         lines += ["", f"target      {t['name']} ({t['runtime']}, {t['path']})",
-                  f"latency     {rep['latency_ms']:.3f} ms end to end ({rep['inference_ms']:.3f} ms inference)",
+                  f"latency     {rep['latency_ms']:.3f} ms end to end ({rep['inference_ms']:.3f} ms inference; "
+                  f"{rep['latency_model']} model)",
                   f"energy      {rep['energy_mj']:.4f} mJ per inference", "",
                   f"{'limit':<12}{'value':>16}{'limit':>16}{'headroom':>16}  result"]
         for c in rep["limits"]:
