@@ -236,14 +236,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 # -- nas search / nas pareto ---------------------------------------------------------------------------
 
-_FROM_RUN_DIR = ("constraints", "space", "dataset", "epochs", "train_limit", "lr", "sampler", "seed", "run_dir")
+_FROM_RUN_DIR = ("constraints", "space", "dataset", "epochs", "train_limit", "lr", "sampler", "seed", "run_dir",
+                 "fidelity", "eta", "rungs")
 
 
 def _progress_text(s) -> str:
     best = "-" if s.best_metric is None else f"{s.best_metric:.4f}"
     energy = "-" if s.best_energy_mj is None else f"{s.best_energy_mj:.3g} mJ"
+    rungs = (" | per rung " + " ".join(f"r{k}:{n}" for k, n in s.rungs.items())) if s.rungs else ""
     return (f"feasible {s.feasible}, rejected {s.rejected}, failed {s.failed}, running {s.running} | best "
-            f"{s.metric_name} {best}, memory {kb(s.best_memory_bytes)}, energy {energy}")
+            f"{s.metric_name} {best}, memory {kb(s.best_memory_bytes)}, energy {energy}{rungs}")
 
 
 def _duration(text: str) -> float:
@@ -350,7 +352,9 @@ def cmd_search(args: argparse.Namespace) -> int:
             learning_rate=args.lr, sampler=args.sampler or "tpe", workers=args.workers, storage=args.storage,
             run_dir=args.run_dir, seed=0 if args.seed is None else args.seed, command=tuple(command),
             max_consecutive_failures=(search.DEFAULT_MAX_CONSECUTIVE_FAILURES if args.max_consecutive_failures is None
-                                      else args.max_consecutive_failures))
+                                      else args.max_consecutive_failures),
+            fidelity=args.fidelity or "none", eta=3 if args.eta is None else args.eta,
+            rungs=3 if args.rungs is None else args.rungs)
         run_dir = search.create_run(req)
         run = results.open_run(run_dir, args.storage)
         cfg = run.config
@@ -366,6 +370,9 @@ def cmd_search(args: argparse.Namespace) -> int:
               + (f", {budget['train_limit']} training samples" if budget.get("train_limit") else "")
               + (f", learning rate {budget['learning_rate']:g}" if budget.get("learning_rate") else "")
               + f"), sampler {req.sampler}, {plan.workers} worker(s)")
+        if cfg.fidelity:
+            print(f"  multi-fidelity (ASHA): {cfg.fidelity['rungs']} rungs, the best 1/{cfg.fidelity['eta']} of each "
+                  f"continue; rungs below the top are judged on float validation accuracy and estimated memory")
         print("  " + resolution_line(cfg.space))
     for note in plan.notes():
         print(f"nas search: warning: {note}", file=sys.stderr)
@@ -530,6 +537,13 @@ def _add_search_parsers(sub) -> None:
                          "all, or 2000 for the default data set)")
     se.add_argument("--sampler", choices=["tpe", "nsga2", "random"],
                     help="tpe (default: multi-objective TPE, constraint-aware), nsga2, or random")
+    se.add_argument("--fidelity", choices=["asha", "none"],
+                    help="asha: every candidate starts with a small share of its budget and the best 1/eta of each "
+                         "rung continue from their weights (asynchronous successive halving); none (default): every "
+                         "candidate gets its full budget")
+    se.add_argument("--eta", type=int, help="--fidelity asha: keep the best 1/eta of each rung (default 3)")
+    se.add_argument("--rungs", type=int, help="--fidelity asha: fidelity levels, the top one the full candidate "
+                                              "budget (default 3)")
     se.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1; at most "
                                                            "one per candidate left to train)")
     se.add_argument("--max-consecutive-failures", type=int,

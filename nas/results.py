@@ -79,6 +79,14 @@ class TrialRecord:
     worker: dict[str, Any] = field(default_factory=dict)
     started: str | None = None
     finished: str | None = None
+    rung: int | None = None                 # multi-fidelity: the rung this trial trained (None: single fidelity)
+    candidate: int | None = None            # ... the candidate's first trial, shared by all its rungs
+    rung_metric: float | None = None        # ... what the rung was judged on (float validation metric below the top)
+
+    @property
+    def is_promotion(self) -> bool:
+        """A higher rung of a candidate counted at its rung 0 (not a new candidate)."""
+        return self.rung is not None and self.rung > 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -142,13 +150,17 @@ def record_from_trial(trial: Any, run_dir: Path | None = None) -> TrialRecord:
         estimated_flash_bytes=_int(est.get("flash_bytes")), macs=_int(est.get("macs")),
         params_count=_int(est.get("params")), latency_ms=_num(est.get("latency_ms")),
         energy_mj=_num(est.get("energy_mj")),
-        feasible=status == TrialStatus.TRAINED and not violations, constraints=constraints, violations=violations,
+        # a rung below the top is judged on paper and in float: not a measured INT8 model that fits
+        feasible=status == TrialStatus.TRAINED and not violations and metrics.get("int8_metric") is not None,
+        constraints=constraints, violations=violations,
         reason=attrs.get(rundir.ATTR_REASON) or (_CUT_OFF if status == TrialStatus.INTERRUPTED else None),
         train_seconds=float(metrics.get("seconds") or 0.0),
         timings={k: float(v) for k, v in timings.items()}, model_path=model, trial_dir=trial_dir,
         worker=dict(attrs.get(rundir.ATTR_WORKER) or {}),
         started=trial.datetime_start.isoformat(timespec="seconds") if trial.datetime_start else None,
         finished=trial.datetime_complete.isoformat(timespec="seconds") if trial.datetime_complete else None,
+        rung=_int(attrs.get(rundir.ATTR_RUNG)), candidate=_int(attrs.get(rundir.ATTR_CANDIDATE)),
+        rung_metric=_num(metrics.get("rung_metric", metrics.get("int8_metric"))) if rundir.ATTR_RUNG in attrs else None,
     )
 
 
@@ -263,6 +275,7 @@ class Summary:
     best_energy_mj: float | None
     train_seconds: float
     pareto: int
+    rungs: dict[int, int] = field(default_factory=dict)  # multi-fidelity: trained results per rung
 
     @property
     def used(self) -> int:
@@ -278,8 +291,12 @@ class Summary:
 def summarize(records: Sequence[TrialRecord], budget: int, metric_name: str, higher_is_better: bool) -> Summary:
     """Counts by status, the best value of each objective among feasible trials, and the front's size."""
     count = {s: 0 for s in TrialStatus}
+    rungs: dict[int, int] = {}
     for r in records:
-        count[TrialStatus(r.status)] += 1
+        if r.rung is not None and r.status == TrialStatus.TRAINED:
+            rungs[r.rung] = rungs.get(r.rung, 0) + 1
+        if not r.is_promotion:  # the counts are of candidates; a candidate's higher rungs are in ``rungs``
+            count[TrialStatus(r.status)] += 1
     feasible = [r for r in records if r.feasible]
     metrics = [r.int8_metric for r in feasible if r.int8_metric is not None]
     best = (max(metrics) if higher_is_better else min(metrics)) if metrics else None
@@ -293,7 +310,7 @@ def summarize(records: Sequence[TrialRecord], budget: int, metric_name: str, hig
         metric_name=metric_name, higher_is_better=higher_is_better, best_metric=best,
         best_memory_bytes=min(mems) if mems else None, best_energy_mj=min(energies) if energies else None,
         train_seconds=sum(r.train_seconds for r in records),
-        pareto=len(pareto_front(records, higher_is_better)),
+        pareto=len(pareto_front(records, higher_is_better)), rungs=dict(sorted(rungs.items())),
     )
 
 

@@ -48,6 +48,7 @@ MODEL_FILE = "model_int8.tflite"
 KERAS_FILE = "model_qat.h5"
 SPEC_FILE = "spec.json"
 METRICS_FILE = "metrics.json"
+FLOAT_WEIGHTS_FILE = "float.weights.h5"  # a multi-fidelity rung's float weights: where a promotion continues
 
 # Trial user attributes (Optuna) that nas.search writes and nas.results reads.
 ATTR_STATUS = "status"
@@ -58,6 +59,9 @@ ATTR_ESTIMATE = "estimate"
 ATTR_BORDERLINE = "borderline"
 ATTR_TRIAL_DIR = "trial_dir"
 ATTR_METRICS = "metrics"
+ATTR_RUNG = "rung"            # multi-fidelity: the rung this trial trained (nas.fidelity)
+ATTR_CANDIDATE = "candidate"  # ... the candidate's first trial (its rung 0), shared by all its rungs
+ATTR_PROMOTES = "promotes"    # ... a promotion's source: the trial of the rung below it continues from
 # Study user attributes.
 RUN_ID_ATTR = "tinynas_run_id"
 BUDGET_ATTR = "budget"
@@ -123,6 +127,10 @@ class TrialFiles:
     def metrics(self) -> Path:
         return self.path / METRICS_FILE
 
+    @property
+    def float_weights(self) -> Path:
+        return self.path / FLOAT_WEIGHTS_FILE
+
     def finished(self) -> bool:
         """``metrics.json`` is written last: its presence marks a candidate whose files are all there."""
         return self.metrics.is_file()
@@ -164,6 +172,7 @@ class RunConfig:
     versions: dict[str, str]
     sessions: list[dict[str, Any]] = field(default_factory=list)
     max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES
+    fidelity: dict[str, Any] | None = None  # nas.fidelity.Fidelity.to_dict(); absent: single fidelity
     format: int = RUN_FORMAT
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -199,7 +208,7 @@ class RunConfig:
         """The YAML document, keys in the order earlier versions wrote them (``format`` first)."""
         out: dict[str, Any] = {"format": self.format}
         for f in dataclasses.fields(self):
-            if f.name not in ("format", "extra"):
+            if f.name not in ("format", "extra") and not (f.name == "fidelity" and self.fidelity is None):
                 out[f.name] = getattr(self, f.name)
         out.update(self.extra)
         return out

@@ -19,3 +19,37 @@ def candidate_fails(spec: Any, dataset: str, budget: Any, out_dir: Path, *, seed
                     target: Any = None) -> dict[str, Any]:
     """Every candidate fails on its own (as a NaN loss would): each trial is a failed candidate."""
     raise CandidateError(f"loss became NaN/inf at step 1 (spec {spec.to_string()[:20]})")
+
+
+def rung_step(spec: Any, dataset: str, budget: Any, out_dir: Path, *, seed: int = 0, target: Any = None,
+              rung: Any = None, below: Any = None, start_from: Path | None = None) -> dict[str, Any]:
+    """A multi-fidelity training step without TensorFlow: the "weights" file records every rung this candidate
+    trained, continued from the rung below's file, and the metric grows with the rung and with the spec's width
+    (so the promotion order is known). ``TINYNAS_TEST_RUNG_SLEEP`` seconds per rung make it take time."""
+    import json
+    import os
+    import time
+
+    from nas import profile
+    from nas.rundir import TrialFiles
+
+    files = TrialFiles(Path(out_dir))
+    files.path.mkdir(parents=True, exist_ok=True)
+    history: list[dict[str, Any]] = []
+    if start_from is not None:
+        history = json.loads(TrialFiles(Path(start_from)).float_weights.read_text())
+        assert history[-1]["rung"] == rung.index - 1, (history, rung)
+    history.append({"rung": rung.index, "steps": rung.float_steps, "trial_dir": str(out_dir)})
+    files.float_weights.write_text(json.dumps(history))
+    time.sleep(float(os.environ.get("TINYNAS_TEST_RUNG_SLEEP", "0")))
+    est = profile.estimate(spec)
+    metric = min(0.99, 0.3 + 0.2 * rung.index + 0.3 * spec.width)
+    out: dict[str, Any] = {"metric_name": "accuracy", "higher_is_better": True, "spec": spec.to_string(),
+                           "rung": rung.index, "weights_history": history, "seconds": 0.01}
+    if rung.final:
+        out.update(int8_metric=metric, measured_memory_bytes=est.peak_sram_bytes, tflm_arena_bytes=est.peak_sram_bytes,
+                   tflite_bytes=est.flash_bytes, metric_split="val", int8_interval=[metric - 0.05, metric + 0.05])
+    else:
+        out.update(rung_metric=metric, rung_memory_bytes=est.peak_sram_bytes)
+    files.metrics.write_text(json.dumps(out))
+    return out

@@ -25,7 +25,8 @@ from nas.formatting import first_line, package_versions
 from nas.rundir import RunConfig, TrialStatus
 from nas.metrics import metric_for
 from nas.search.preflight import (DEFAULT_DATASET, DEFAULT_TRAIN_LIMIT, FEASIBILITY_PROBES, SearchRequest,
-                                  check_disk_space, check_max_failures, check_request, check_run_dir_location,
+                                  check_disk_space, check_fidelity, check_max_failures, check_request,
+                                  check_run_dir_location,
                                   check_storage_url, dataset_key, feasible_fraction, probe_write, trial_disk_bytes)
 from nas.search.worker import (BUG_MARK, ENV_STORAGE, EXIT_BUG, EXIT_DISK_FULL, EXIT_STORAGE, HOST, DiskFull,
                                StorageUnavailable, Worker, consecutive_failures, disk_full_message,
@@ -153,6 +154,7 @@ def create_run(req: SearchRequest) -> Path:
     train_limit = req.train_limit
     if train_limit is None and req.dataset is None:
         train_limit = DEFAULT_TRAIN_LIMIT
+    fidelity = check_fidelity(req, int((ds.description.get("counts") or {}).get("train") or 0), train_limit)
     check_disk_space(where, min(req.trials, TIMED_DISK_TRIALS) if req.time_s else req.trials,
                      trial_disk_bytes(flash))
     run_dir = _new_run_dir(req, sp.name, target_path, ds.name)
@@ -196,6 +198,7 @@ def create_run(req: SearchRequest) -> Path:
             sessions=[_session(req.command, req.workers, req.trials, first_trial=0,
                                deadline=deadline_of(req.time_s, req.started_at))],
             max_consecutive_failures=req.max_consecutive_failures,
+            fidelity=fidelity.to_dict() if fidelity.enabled else None,
         )
         config.save(run_dir)
     except BaseException:

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from nas import results, rundir
 from nas.errors import UserError, did_you_mean
+from nas.fidelity import MODES as FIDELITY_MODES, Fidelity, rungs as fidelity_rungs
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,9 @@ class SearchRequest:
     max_consecutive_failures: int = rundir.DEFAULT_MAX_CONSECUTIVE_FAILURES
     time_s: float | None = None       # --time: no candidate starts after started_at + time_s (wall clock)
     started_at: float | None = None   # when the command started (time.time()); default: when the run is made
+    fidelity: str = "none"            # --fidelity: "asha" (rungs, nas.fidelity) or "none" (every candidate fully)
+    eta: int = 3                      # --eta: ASHA continues the best 1/eta of each rung
+    rungs: int = 3                    # --rungs: fidelity levels, the top one the full candidate budget
 
 
 def check_request(req: SearchRequest) -> None:
@@ -68,9 +72,32 @@ def check_request(req: SearchRequest) -> None:
     if req.learning_rate is not None and not (0 < req.learning_rate < float("inf")):
         raise UserError("--lr", "learning_rate", f"a positive, finite learning rate, got {req.learning_rate}")
     check_max_failures(req.max_consecutive_failures)
+    if req.fidelity not in FIDELITY_MODES:
+        raise UserError("--fidelity", "fidelity", f"one of {', '.join(FIDELITY_MODES)}, got '{req.fidelity}'"
+                        + did_you_mean(req.fidelity, FIDELITY_MODES))
+    if req.eta < 2:
+        raise UserError("--eta", "eta", f"at least 2 (the rung above keeps 1/eta of the candidates), got {req.eta}")
+    if req.rungs < 2:
+        raise UserError("--rungs", "rungs", f"at least 2 fidelity levels, got {req.rungs}")
     if req.sampler not in SAMPLERS:
         raise UserError("--sampler", "sampler", f"one of {', '.join(SAMPLERS)}, got '{req.sampler}'"
                         + did_you_mean(req.sampler, SAMPLERS))
+
+
+def check_fidelity(req: SearchRequest, n_train: int, train_limit: int | None) -> Fidelity:
+    """The request's fidelity, refused in one line when its rungs cannot be cut from the candidate budget."""
+    from nas.budget import Budget, plan
+
+    fidelity = Fidelity(mode=req.fidelity, eta=req.eta, rungs=req.rungs)
+    if fidelity.enabled:
+        n = min(n_train, train_limit) if train_limit else n_train
+        p = plan(Budget(epochs=req.epochs, train_limit=train_limit, learning_rate=req.learning_rate), max(1, n))
+        try:
+            fidelity_rungs(fidelity, p.float_epochs, p.steps_per_epoch)
+        except ValueError as e:
+            raise UserError("--fidelity", "fidelity", f"rungs that fit the candidate budget ({p.describe()}): {e}"
+                            ) from None
+    return fidelity
 
 
 def check_max_failures(n: int) -> None:

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterable, Sequence
 from nas import results, rundir
 from nas.budget import Budget
 from nas.errors import CandidateError, UserError
+from nas.fidelity import Fidelity, Rung, RungResult, next_promotion, rungs as fidelity_rungs
 from nas.formatting import first_line, jsonable
 from nas.metrics import metric_for
 from nas.rundir import RunConfig, TrialFiles, TrialStatus
@@ -155,6 +156,8 @@ class Worker:
         estimate, checks = estimate_record(spec, self.target)
         trial.set_user_attr(rundir.ATTR_SPEC, spec.to_string())
         trial.set_user_attr(rundir.ATTR_ESTIMATE, estimate)
+        if rundir.ATTR_PROMOTES in trial.user_attrs:
+            return self._promotion(trial, spec, estimate)
         verdicts = {c.name: profile.paper_verdict(c.name, c.value, c.limit) for c in checks}
         if "exceeds" in verdicts.values():
             self._reject(trial, checks, [c for c in checks if verdicts[c.name] == "exceeds"], "on paper")
@@ -172,11 +175,37 @@ class Worker:
         if not self._claim(trial):
             trial.set_user_attr(rundir.ATTR_STATUS, TrialStatus.UNUSED)
             raise BudgetUsed("the budget was used up by other workers while this trial was sampled")
+        if self.fidelity.enabled:
+            trial.set_user_attr(rundir.ATTR_RUNG, 0)
+            trial.set_user_attr(rundir.ATTR_CANDIDATE, trial.number)
+        return self._train_and_record(trial, spec, estimate, None)
+
+    def _promotion(self, trial: Any, spec: Any, estimate: dict[str, Any]) -> tuple[float, float, float]:
+        """Continue a candidate one rung up from the rung below's weights (the trial was enqueued by
+        :meth:`enqueue_promotion`). Of two workers that enqueued the same promotion, the lower trial number
+        trains it and the other steps back (``unused``): the claim is written with the trial, in one insert."""
+        attrs = trial.user_attrs
+        key = (int(attrs[rundir.ATTR_CANDIDATE]), int(attrs[rundir.ATTR_RUNG]))
+        trial.set_user_attr(rundir.ATTR_STATUS, rundir.CLAIMED)
+        rivals = [t.number for t in trial.study.get_trials(deepcopy=False) if promotion_key(t) == key
+                  and promotion_claims(t)]
+        if min(rivals, default=trial.number) < trial.number:
+            trial.set_user_attr(rundir.ATTR_STATUS, TrialStatus.UNUSED)
+            raise BudgetUsed(f"candidate {key[0]} is promoted to rung {key[1]} by trial {min(rivals)}")
+        below = next((t for t in trial.study.get_trials(deepcopy=False)
+                      if t.number == int(attrs[rundir.ATTR_PROMOTES])), None)
+        if below is None or not below.user_attrs.get(rundir.ATTR_TRIAL_DIR):
+            raise RuntimeError(f"trial {trial.number} promotes trial {attrs[rundir.ATTR_PROMOTES]}, which has no files")
+        return self._train_and_record(trial, spec, estimate, self.run_dir / below.user_attrs[rundir.ATTR_TRIAL_DIR])
+
+    def _train_and_record(self, trial: Any, spec: Any, estimate: dict[str, Any], start_from: Path | None
+                          ) -> tuple[float, float, float]:
         trial_dir = rundir.relative_trial_dir(trial.number)
         trial.set_user_attr(rundir.ATTR_TRIAL_DIR, trial_dir)
+        measured = (trial.user_attrs.get(rundir.ATTR_BORDERLINE) or {}).get("measured") or {}
         try:
-            metrics = self._train(spec, TrialFiles(self.run_dir / trial_dir), trial)
-            values = self._values(metrics, estimate)
+            metrics = self._train(spec, TrialFiles(self.run_dir / trial_dir), trial, start_from)
+            values = self._values(metrics, estimate, measured)
         except CandidateError as e:
             # A full disk is not the candidate's fault: the trial is cut off (run again on resume), not failed.
             full = disk_full(e)
@@ -188,7 +217,7 @@ class Worker:
             trial.set_user_attr(rundir.ATTR_REASON,
                                 ("disk full: " if disk_full(e) else BUG_MARK) + first_line(e, with_type=True))
             raise
-        for c in measured_checks(estimate, metrics, self.target):
+        for c in measured_checks(estimate, {**measured, **metrics}, self.target):
             trial.set_constraint(c.name, violation(c))
         trial.set_user_attr(rundir.ATTR_METRICS, metrics)
         trial.set_user_attr(rundir.ATTR_STATUS, TrialStatus.TRAINED)
@@ -221,16 +250,66 @@ class Worker:
                                                                TrialState.FAIL))
         return sum(1 for t in trials if uses_budget(t)) <= int(self.config.trials)
 
-    def _train(self, spec: Any, files: TrialFiles, trial: Any) -> dict[str, Any]:
-        """Train with the training step; the default one is the only place that reaches TensorFlow."""
+    @property
+    def fidelity(self) -> Fidelity:
+        return Fidelity.from_dict(self.config.fidelity)
+
+    def _train(self, spec: Any, files: TrialFiles, trial: Any, start_from: Path | None) -> dict[str, Any]:
+        """Train with the training step; the default one is the only place that reaches TensorFlow.
+
+        A multi-fidelity run trains the trial's rung (``evaluate_rung``, or the given step called with
+        ``rung``, ``below`` and ``start_from``)."""
+        budget = self.full_budget(trial.study)
         step = self.train_step
-        if step is None:
+        kwargs: dict[str, Any] = {}
+        if self.fidelity.enabled:
+            ladder = self.rungs(budget)
+            k = int(trial.user_attrs[rundir.ATTR_RUNG])
+            kwargs = {"rung": ladder[k], "below": ladder[k - 1] if k else None, "start_from": start_from}
+            if step is None:
+                from nas.tf.candidate import evaluate_rung
+
+                step = evaluate_rung
+        elif step is None:
             from nas.tf.candidate import evaluate
 
             step = evaluate
-        metrics = step(spec, self.config.dataset, self.full_budget(trial.study), files.path,
-                       seed=int(self.config.seed), target=self.target)
+        metrics = step(spec, self.config.dataset, budget, files.path, seed=int(self.config.seed), target=self.target,
+                       **kwargs)
         return json.loads(json.dumps(metrics, default=jsonable))
+
+    def rungs(self, budget: Budget) -> list[Rung]:
+        """This run's rungs: the budget's float steps on the recorded training-set size (no data is read)."""
+        from nas.budget import plan
+
+        counts = (json.loads((self.run_dir / rundir.DATASET_FILE).read_text()).get("counts") or {})
+        n_train = int(counts.get("train") or 0)
+        if budget.train_limit:
+            n_train = min(n_train, int(budget.train_limit))
+        p = plan(budget, max(1, n_train))
+        return fidelity_rungs(self.fidelity, p.float_epochs, p.steps_per_epoch)
+
+    def next_promotion(self, study: Any) -> RungResult | None:
+        """What ASHA promotes next in this study (None: start a new candidate), from the study's trials alone:
+        every worker decides from the same storage, never from its own memory."""
+        trials = study.get_trials(deepcopy=False)
+        signs = [1.0 if d.name == "MINIMIZE" else -1.0 for d in study.directions]
+        done = [RungResult(candidate=int(t.user_attrs[rundir.ATTR_CANDIDATE]), trial=t.number,
+                           rung=int(t.user_attrs[rundir.ATTR_RUNG]),
+                           values=tuple(s * v for s, v in zip(signs, t.values)))
+                for t in trials if t.state.name == "COMPLETE" and rundir.ATTR_RUNG in t.user_attrs
+                and all(c <= 0 for c in t.constraints.values())]
+        claimed = {k for t in trials if (k := promotion_key(t)) is not None and promotion_claims(t)}
+        return next_promotion(done, claimed, self.fidelity)
+
+    def enqueue_promotion(self, study: Any, result: RungResult) -> None:
+        """Queue ``result``'s candidate for the rung above: a WAITING trial with the same parameters, whose claim
+        (candidate, rung, source) is written with it; whichever worker asks next trains it."""
+        source = next(t for t in study.get_trials(deepcopy=False) if t.number == result.trial)
+        study.enqueue_trial(dict(source.params), user_attrs={
+            rundir.ATTR_PROMOTES: result.trial, rundir.ATTR_RUNG: result.rung + 1,
+            rundir.ATTR_CANDIDATE: result.candidate}, skip_if_exists=False)
+        log.info("promoting candidate %d (trial %d) to rung %d", result.candidate, result.trial, result.rung + 1)
 
     def full_budget(self, study: Any) -> Budget:
         """The budget this run trains with: recorded on the study by its first trained trial, so a resumed run
@@ -242,11 +321,19 @@ class Worker:
         study.set_user_attr(rundir.BUDGET_ATTR, budget.to_dict())
         return budget
 
-    def _values(self, metrics: dict[str, Any], estimate: dict[str, Any]) -> tuple[float, float, float]:
+    def _values(self, metrics: dict[str, Any], estimate: dict[str, Any], measured: dict[str, Any]
+                ) -> tuple[float, float, float]:
+        """What Optuna is told: the INT8 metric and measured memory of a whole candidate (and of a top rung);
+        below the top rung, the float validation metric and the memory measured before training or estimated."""
         name, higher = metric_for(self.shape.task)
         if metrics.get("metric_name") != name or bool(metrics.get("higher_is_better")) != higher:
             raise CandidateError(f"the trainer reported {metrics.get('metric_name')!r}, the study optimises {name!r}")
-        values = (float(metrics["int8_metric"]), float(metrics["measured_memory_bytes"]), float(estimate["energy_mj"]))
+        if "rung_metric" in metrics:
+            memory = measured.get("measured_memory_bytes", metrics["rung_memory_bytes"])
+            values = (float(metrics["rung_metric"]), float(memory), float(estimate["energy_mj"]))
+        else:
+            values = (float(metrics["int8_metric"]), float(metrics["measured_memory_bytes"]),
+                      float(estimate["energy_mj"]))
         if not all(v == v and abs(v) != float("inf") for v in values):
             raise CandidateError(f"non-finite objective values {values}")
         return values
@@ -297,9 +384,28 @@ def _die_with_parent(parent: int) -> None:
 
 def uses_budget(trial: Any) -> bool:
     """Does this trial use a slot of the budget? Trained and failed ones do, and those being trained now."""
+    if rundir.ATTR_PROMOTES in trial.user_attrs:
+        return False  # a promotion continues a candidate already counted: --trials counts candidates
     status = results.status_of(trial.state.name, trial.user_attrs)
     return status.uses_budget or (status == TrialStatus.RUNNING
                                   and trial.user_attrs.get(rundir.ATTR_STATUS) == rundir.CLAIMED)
+
+
+def promotion_key(trial: Any) -> tuple[int, int] | None:
+    """``(candidate, rung)`` a promotion trial continues, or None for a new candidate."""
+    attrs = trial.user_attrs
+    if rundir.ATTR_PROMOTES not in attrs:
+        return None
+    return int(attrs[rundir.ATTR_CANDIDATE]), int(attrs[rundir.ATTR_RUNG])
+
+
+def promotion_claims(trial: Any) -> bool:
+    """Does this promotion trial hold its (candidate, rung)? Queued, running, trained and failed ones do;
+    one that stepped back (unused) or was cut off (interrupted: done again on resume) does not."""
+    state = trial.state.name
+    if state in ("WAITING", "RUNNING", "COMPLETE"):
+        return state != "RUNNING" or trial.user_attrs.get(rundir.ATTR_STATUS) != TrialStatus.UNUSED
+    return state == "FAIL" and trial.user_attrs.get(rundir.ATTR_STATUS) == TrialStatus.FAILED
 
 
 def budget_counts(study: Any) -> tuple[int, int]:
@@ -395,12 +501,14 @@ def _worker_loop(run_dir: Path, worker: Worker, url: str, sampler: Any, first_tr
         log.error("study %s does not belong to run %s", config.study_name, run_dir)
         return 2
     per_trial = worker.trial_disk_bytes()
+    fidelity = worker.fidelity
     while True:
         used, rejected = budget_counts(study)
-        if used >= trials:
+        promotion = worker.next_promotion(study) if fidelity.enabled else None
+        if used >= trials and promotion is None:
             log.info("budget used: %d/%d trials", used, trials)
             return 0
-        if rejected >= max_rejected:
+        if rejected >= max_rejected and promotion is None:
             log.warning("%d candidates rejected before training (cap %d): stopping", rejected, max_rejected)
             return 0
         late = time_is_up(study, deadline)
@@ -412,6 +520,8 @@ def _worker_loop(run_dir: Path, worker: Worker, url: str, sampler: Any, first_tr
             log.warning("%d candidates failed in a row (cap %d): stopping", len(streak), max_failures)
             return 0
         worker.check_room(per_trial)
+        if promotion is not None:
+            worker.enqueue_promotion(study, promotion)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
             # Only a candidate's own failure is caught (the trial becomes failed, the search goes on).

@@ -10,6 +10,7 @@ chosen model on ``test``. Training itself only ever sees train (weights) and val
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -18,13 +19,14 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import tensorflow_model_optimization as tfmot
 
 from nas import data, profile
 from nas.budget import Budget
 from nas.errors import CandidateError
+from nas.fidelity import Rung
 from nas.formatting import first_line
 from nas.metrics import metric_interval, metric_value
 from nas.rundir import TrialFiles
@@ -32,7 +34,7 @@ from nas.spec import ArchSpec
 from nas.tf import builder, convert, pipeline, train
 from nas.tf.train import TrainingError
 
-__all__ = ["CandidateError", "REPORT_SPLITS", "evaluate", "load_dataset", "measure_untrained"]
+__all__ = ["CandidateError", "REPORT_SPLITS", "evaluate", "evaluate_rung", "load_dataset", "measure_untrained"]
 
 REPORT_SPLITS = ("val", "test")
 
@@ -98,12 +100,77 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         raise CandidateError(f"the {report} split of {dataset} is empty: nothing to score the candidate on")
     spec = train.adapt(spec, ds)
     files.spec.write_text(json.dumps({"spec": spec.to_string(), "arch": spec.to_dict()}, indent=1))
-    try:
+    with _training_errors():
         trained = train.train_qat(spec, ds, budget, seed=seed, verbose=verbose, progress=progress)
+    return _finish(spec, ds, trained, files, dataset=dataset, budget=budget, report=report, seed=seed,
+                   data_seed=data_seed, target=target, t_start=t_start)
+
+
+@contextlib.contextmanager
+def _training_errors() -> Iterator[None]:
+    """Any failure of training is the candidate's (:class:`CandidateError`), with the trainer's reason."""
+    try:
+        yield
     except TrainingError as e:
         raise CandidateError(str(e)) from e
     except Exception as e:
         raise CandidateError(f"training failed: {first_line(e, with_type=True)}") from e
+
+
+def evaluate_rung(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, rung: Rung, below: Rung | None,
+                  start_from: Path | None = None, seed: int = 0, target=None,
+                  progress: train.ProgressFn | None = None) -> dict[str, Any]:
+    """One rung of a multi-fidelity search (:mod:`nas.fidelity`), scored on the validation split.
+
+    ``start_from`` is the trial folder of the rung below (its float weights continue here). Below the top the
+    result is the float model's validation metric with the memory estimate (``rung_metric``, ``rung_memory_bytes``;
+    no conversion: it would cost more than the rung's training); the top rung is a whole candidate, converted,
+    measured and scored as INT8, with the same metrics as :func:`evaluate`. Either way the float weights are
+    saved for a promotion (``TrialFiles.float_weights``).
+    """
+    t_start = time.perf_counter()
+    files = TrialFiles(Path(out_dir))
+    files.path.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(str(dataset), seed)
+    spec = train.adapt(spec, ds)
+    files.spec.write_text(json.dumps({"spec": spec.to_string(), "arch": spec.to_dict()}, indent=1))
+    start = None if start_from is None else TrialFiles(Path(start_from)).float_weights
+    if start is not None and not start.is_file():
+        raise CandidateError(f"the rung below left no float weights at {start}: cannot continue it")
+    with _training_errors():
+        trained = train.train_rung(spec, ds, budget, rung, below, seed=seed, start_weights=start,
+                                   weights_out=files.float_weights, progress=progress)
+    fields = {"rung": rung.index, "rung_plan": rung.to_dict(), "promoted_from": None if start_from is None
+              else str(start_from)}
+    if rung.final:
+        metrics = _finish(spec, ds, trained, files, dataset=dataset, budget=budget, report="val", seed=seed,
+                          data_seed=seed, target=target, t_start=t_start, extra=fields)
+        return metrics
+    est = profile.estimate(spec)
+    runtime = target.runtime if target is not None else "tflm"
+    metrics = {
+        "spec": spec.to_string(), "dataset": str(dataset), "task": ds.task, "metric_name": trained.metric_name,
+        "higher_is_better": trained.higher_is_better, **fields,
+        "rung_metric": trained.val_metric, "rung_metric_kind": "float", "metric_split": "val",
+        "metric_samples": int(len(ds.val.y)),
+        "rung_memory_bytes": est.onchip_bytes if runtime == "imx500" else est.peak_sram_bytes,
+        "estimated_flash_bytes": est.flash_bytes, "macs": est.macs, "params": est.params,
+        "plan_text": trained.plan.describe(), "plan": dataclasses.asdict(trained.plan), "budget": budget.to_dict(),
+        "seed": seed, "train_seed": seed, "history": trained.history,
+        "timings": {k: round(v, 3) for k, v in trained.timings.items()},
+    }
+    metrics["seconds"] = round(time.perf_counter() - t_start, 3)
+    _write_atomic(files.metrics, json.dumps(metrics, indent=1).encode())
+    log.info("%s: rung %d float %s %.4f on val, %.1f s", spec.to_string()[:60], rung.index, trained.metric_name,
+             trained.val_metric, metrics["seconds"])
+    return metrics
+
+
+def _finish(spec: ArchSpec, ds: Any, trained: train.Trained, files: TrialFiles, *, dataset: str, budget: Budget,
+            report: str, seed: int, data_seed: int, target: Any, t_start: float,
+            extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Convert a trained candidate to INT8, score it on ``report``, measure it, write its files and metrics."""
+    scored = ds.val if report == "val" else ds.test
     timings = dict(trained.timings)
 
     grid = ds.grid_channels
@@ -175,6 +242,7 @@ def evaluate(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *, see
         "train_seed": seed,
         "history": trained.history,
         "timings": {k: round(v, 3) for k, v in timings.items()},
+        **(extra or {}),
     }
     if target is not None:
         metrics.update(target=target.name, runtime=runtime, latency_ms=target.latency_ms(est.macs, est.layers),

@@ -18,6 +18,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -26,6 +27,7 @@ import tf_keras as keras
 
 from nas import data as data_mod
 from nas.budget import Budget, Plan, plan as plan_budget
+from nas.fidelity import Rung
 from nas.metrics import metric_for as task_metric, metric_value
 from nas.spec import ArchSpec
 from nas.tf import builder, pipeline
@@ -374,3 +376,91 @@ def _attempt(spec: ArchSpec, run: _Run, seed: int, timings: dict[str, float], x_
     if not math.isfinite(val_metric):
         raise TrainingError("the trained model predicts NaN")
     return model, val_metric, pretrain, epochs_run, {k: [float(v) for v in vs] for k, vs in history.items()}
+
+
+def train_rung(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, rung: Rung, below: Rung | None, *,
+               seed: int = 0, start_weights: Path | None = None, weights_out: Path | None = None,
+               progress: ProgressFn | None = None) -> Trained:
+    """Train one rung of a multi-fidelity search (:mod:`nas.fidelity`): float training continued from
+    ``start_weights`` (the rung ``below``'s float weights) up to ``rung.float_steps``, on the rung's share of
+    the training set; the float weights are saved to ``weights_out`` for the rung above. The top rung then
+    runs the budget's QAT phase on the whole training set, exactly as :func:`train_qat` does after its float
+    epochs, so a candidate promoted to the top has had the single-fidelity budget.
+
+    A rung's learning rate follows its own cosine from the peak (a warm restart; warm-up only on rung 0):
+    each rung is judged at the end of a decay, not in the middle of a high learning rate. ``Trained.model``
+    is the float model below the top rung (``val_metric`` is then float) and the QAT model at the top.
+    """
+    timings: dict[str, float] = {}
+    task = dataset.task
+    name, higher = task_metric(task)
+    grid = dataset.grid_channels
+    check_compatible(spec, dataset)
+    t0 = time.perf_counter()
+    x_train = pipeline.prepare(dataset.train, spec.resolution, spec.channels, grid)
+    y_train = dataset.train.y
+    if budget.train_limit and len(x_train) > budget.train_limit:
+        x_train, y_train = x_train[: budget.train_limit], y_train[: budget.train_limit]
+    x_val = pipeline.prepare(dataset.val, spec.resolution, spec.channels, grid)
+    p = plan_budget(budget, len(x_train))
+    augment = dataset.description.get("augment")
+    # The same permutation for every rung of a candidate, so a rung's images include the rung below's.
+    order = np.random.default_rng(seed).permutation(len(x_train))
+    head = np.sort(order[: max(p.batch_size, int(math.ceil(rung.fraction * len(x_train))))])
+    rung_ds = pipeline.to_tf_dataset(x_train[head], y_train[head], p.batch_size, shuffle=True, seed=seed + rung.index,
+                                     augment=augment, grid_channels=grid if task == "gaze" else None)
+    val_ds = pipeline.to_tf_dataset(x_val, dataset.val.y, max(p.batch_size, 256), shuffle=False, seed=seed)
+    timings["data"] = time.perf_counter() - t0
+
+    keras.utils.set_random_seed(seed + rung.index)
+    t0 = time.perf_counter()
+    model = builder.build(spec)
+    if start_weights is not None:
+        model.load_weights(str(start_weights))
+    timings["build"] = time.perf_counter() - t0
+    steps = rung.float_steps - (below.float_steps if below is not None else 0)
+    if steps < 1:
+        raise ValueError(f"rung {rung.index} has no float steps beyond rung {below.index if below else '-'}")
+    t0 = time.perf_counter()
+    classes = dataset.num_classes if task == "classification" else 0
+    warmup = min(p.warmup_steps, steps // 2) if below is None else 0
+    _compile(model, task, p, WarmupCosine(p.peak_lr, steps, warmup, p.recipe.cosine_floor), classes)
+    guard = _NaNGuard()
+    hist = model.fit(rung_ds.repeat(), steps_per_epoch=steps, epochs=1, callbacks=[guard], verbose=0)
+    if guard.failed_at is not None:
+        raise TrainingError(f"loss became NaN/inf at step {guard.failed_at} of rung {rung.index}'s float training "
+                            f"(peak learning rate {p.peak_lr:.3g}: lower the learning rate with --lr)")
+    timings["float_train"] = time.perf_counter() - t0
+    if weights_out is not None:
+        model.save_weights(str(weights_out))
+    float_val = metric_value(task, dataset.val.y, model.predict(x_val, verbose=0, batch_size=256))
+    if not math.isfinite(float_val):
+        raise TrainingError("the trained model predicts NaN")
+    history = {f"float_{k}": [float(v) for v in vs] for k, vs in hist.history.items()}
+    attempts = [{"peak_lr": p.peak_lr, "outcome": "trained"}]
+    if not rung.final:
+        return Trained(model=model, metric_name=name, higher_is_better=higher, val_metric=float_val,
+                       pretrain_val_metric=float_val, epochs_run=0, plan=p, history=history, timings=timings,
+                       attempts=attempts)
+    train_ds = pipeline.to_tf_dataset(x_train, y_train, p.batch_size, shuffle=True, seed=seed, augment=augment,
+                                      grid_channels=grid if task == "gaze" else None)
+    chance = Chance.of(dataset.val.y, classes) if task == "classification" and p.recipe.detect_collapse else None
+    run = _Run(task=task, train_ds=train_ds, val_ds=val_ds, plan=p, classes=classes, chance=chance,
+               patience=budget.patience, verbose=0, progress=progress, metric_name=name, attempt=1)
+    run.counter[0] = rung.float_steps
+    t0 = time.perf_counter()
+    qat_model = builder.quantize(model)
+    timings["quantize"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    try:
+        h = run.fit(qat_model, "qat", p.qat_epochs, p.qat_peak_lr, 0)
+    except _Collapsed as c:
+        raise TrainingError(f"training collapsed: {c}") from c
+    timings["qat_train"] = time.perf_counter() - t0
+    history.update({k: [float(v) for v in vs] for k, vs in h.items()})
+    val_metric = metric_value(task, dataset.val.y, qat_model.predict(x_val, verbose=0, batch_size=256))
+    if not math.isfinite(val_metric):
+        raise TrainingError("the trained model predicts NaN")
+    return Trained(model=qat_model, metric_name=name, higher_is_better=higher, val_metric=val_metric,
+                   pretrain_val_metric=float_val, epochs_run=len(h.get("loss", [])), plan=p, history=history,
+                   timings=timings, attempts=attempts)
