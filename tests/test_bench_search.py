@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCHES = ("search_vs_random", "vww", "scaling")
+BENCHES = ("search_vs_random", "vww", "scaling", "cifar10")
 TIMEOUT_S = 900
 
 
@@ -153,3 +153,27 @@ def test_scaling_quick(quick_runs):
         assert r["last_status"] == "trained"  # the stubbed loop went all the way through tell
         assert 0 < r["sampler_ms"] <= r["total_ms"] and 0 < r["profile_ms"] <= r["total_ms"]
         assert r["coordinator_poll_ms"] > 0 and r["summary_cold_ms"] > 0
+
+
+def test_cifar10_quick(quick_runs):
+    """bench/cifar10.py's quick mode: two arms under one wall-clock budget, the multi-fidelity one in rungs."""
+    data = _load(quick_runs, "cifar10")
+    s = data["settings"]
+    assert s["budget_s"] == 30.0 and s["dataset"] == "mnist" and "val 750" in s["split"]
+    runs = {r["arm"]: r for r in data["runs"]}
+    assert set(runs) == {"tpe", "tpe-asha"} and {r["seed"] for r in data["runs"]} == {0}
+    for r in runs.values():
+        assert r["budget_s"] == 30.0 and r["wall_s"] < 30.0 + 120.0, r["wall_s"]  # stopped by the clock
+        assert r["final_hypervolume"] == (r["curve"][-1]["hypervolume"] if r["curve"] else 0.0)
+        assert all(row["int8_metric"] is not None for row in r["rows"] if row["feasible"])
+    assert runs["tpe"]["fidelity"] == "none" and runs["tpe"]["whole_candidates"] >= 1
+    asha = runs["tpe-asha"]
+    assert asha["fidelity"] == "asha" and asha["summary"]["rungs"]["0"] == asha["candidates_started"] >= 1
+    # rung 0 costs less than a whole candidate (the four quick benchmarks share the cores: no tighter claim)
+    assert asha["candidates_started"] >= runs["tpe"]["candidates_started"]
+    assert data["verdict"].startswith("not judged")  # no random arm in the quick mode: no claim is made
+    # resumable: a second call with the same output skips every recorded (arm, seed)
+    out, _, _ = quick_runs["cifar10"]
+    again = subprocess.run([sys.executable, str(ROOT / "bench" / "cifar10.py"), "--quick", "--out", str(out)],
+                           capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert again.returncode == 0 and again.stdout.count("recorded, skipped") == 2, again.stdout[-2000:]
