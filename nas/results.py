@@ -497,8 +497,13 @@ def format_pareto(report: dict[str, Any]) -> str:
              f"trials: {s['trained']} trained ({s['feasible']} feasible), {s['rejected']} rejected before "
              f"training, {s['failed']} failed, {s['interrupted']} interrupted; "
              + (f"{s['used']} candidates in the time budget" if s["budget"] >= rundir.TIMED_TRIALS
-                else f"budget {s['used']}/{s['budget']}"),
-             ""]
+                else f"budget {s['used']}/{s['budget']}")]
+    if s.get("rungs"):
+        top = max(int(k) for k in s["rungs"])
+        lines.append("multi-fidelity: trained " + ", ".join(f"rung {k}: {n}" for k, n in s["rungs"].items())
+                     + f"; the front holds candidates that reached the top rung ({top}) only, judged like a "
+                       "single-fidelity candidate")
+    lines.append("")
     if not report["pareto"]:
         lines.append("no feasible trained trial yet")
         return "\n".join(lines)

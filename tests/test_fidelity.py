@@ -163,6 +163,15 @@ def test_asha_search_promotes_the_best_third_and_continues_their_checkpoints(tmp
     assert all(r.int8_metric is None and r.rung_metric == by_number[r.number].values[0] for r in recs if r.rung < 2)
     front = results.open_run(run_dir).pareto()
     assert front and {r.number for r in front} <= {r.number for r in top}  # the front is of whole candidates only
+    text = results.format_pareto(results.pareto_report(results.open_run(run_dir)))
+    assert f"multi-fidelity: trained rung 0: 9, rung 1: {s.rungs[1]}, rung 2: {s.rungs[2]}" in text, text
+    # the explorer opens a multi-fidelity run (rungs below the top have no INT8 figures)
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_file(str(ROOT / "nas" / "app" / "explorer.py"), default_timeout=120)
+    at.session_state["source"] = str(run_dir)
+    at = at.run()
+    assert not at.exception and not at.error, [e.value for e in (*at.exception, *at.error)]
 
 
 def test_two_workers_on_postgresql_never_promote_a_candidate_twice(tmp_path):

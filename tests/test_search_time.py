@@ -26,11 +26,11 @@ def test_bad_durations(text):
         parse_duration(text)
 
 
-def _done(seconds: float):
+def _done(seconds: float, **attrs):
     start = datetime(2026, 1, 1)
     return optuna.trial.FrozenTrial(
         number=0, state=TrialState.COMPLETE, value=None, values=[0.5, 1.0, 1.0], datetime_start=start,
-        datetime_complete=start + timedelta(seconds=seconds), params={}, distributions={}, user_attrs={},
+        datetime_complete=start + timedelta(seconds=seconds), params={}, distributions={}, user_attrs=attrs,
         system_attrs={}, intermediate_values={}, trial_id=0)
 
 
@@ -43,6 +43,15 @@ def test_no_candidate_starts_after_the_deadline_or_when_less_is_left_than_a_medi
         study.add_trial(_done(s))
     assert search.time_is_up(study, deadline=100.0, now=65.0) is None  # 35 s left, the median took 30
     assert "median 30 s" in search.time_is_up(study, deadline=100.0, now=75.0)
+
+
+def test_a_multi_fidelity_search_compares_the_time_left_with_the_rung_about_to_train():
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    for s, rung in ((5.0, 0), (6.0, 0), (7.0, 0), (40.0, 2)):
+        study.add_trial(_done(s, rung=rung))
+    assert search.time_is_up(study, deadline=100.0, now=80.0, rung=0) is None      # 20 s left, rung 0 takes 6
+    assert "median 40 s" in search.time_is_up(study, deadline=100.0, now=80.0, rung=2)
+    assert search.time_is_up(study, deadline=100.0, now=80.0, rung=1) is None      # no rung 1 yet: all, median 7
 
 
 def test_a_timed_search_stops_on_time_and_records_its_deadline(tmp_path):

@@ -473,16 +473,20 @@ def run_worker(run_dir: Path, index: int, session: int, storage: str | None = No
                                  f"nas search --resume") from e
 
 
-def time_is_up(study: Any, deadline: float | None, now: float | None = None) -> str | None:
+def time_is_up(study: Any, deadline: float | None, now: float | None = None, rung: int | None = None) -> str | None:
     """Why no candidate should start now under a --time budget, or None: the deadline has passed, or less time
-    is left than the median candidate of this run took (it would end well after the deadline)."""
+    is left than the median candidate of this run took (it would end well after the deadline). A multi-fidelity
+    run compares with the median of the ``rung`` about to be trained, once one of that rung has finished."""
     if deadline is None:
         return None
     left = deadline - (time.time() if now is None else now)
     if left <= 0:
         return "the time budget is used"
-    took = sorted((t.datetime_complete - t.datetime_start).total_seconds() for t in study.get_trials(deepcopy=False)
-                  if t.state.name == "COMPLETE" and t.datetime_start and t.datetime_complete)
+    done = [t for t in study.get_trials(deepcopy=False)
+            if t.state.name == "COMPLETE" and t.datetime_start and t.datetime_complete]
+    same = [t for t in done if t.user_attrs.get(rundir.ATTR_RUNG) == rung]
+    took = sorted((t.datetime_complete - t.datetime_start).total_seconds() for t in (same if rung is not None and same
+                                                                                       else done))
     if took and left < took[len(took) // 2]:
         return f"{left:.0f} s of the time budget left, less than a candidate's median {took[len(took) // 2]:.0f} s"
     return None
@@ -511,7 +515,8 @@ def _worker_loop(run_dir: Path, worker: Worker, url: str, sampler: Any, first_tr
         if rejected >= max_rejected and promotion is None:
             log.warning("%d candidates rejected before training (cap %d): stopping", rejected, max_rejected)
             return 0
-        late = time_is_up(study, deadline)
+        late = time_is_up(study, deadline, rung=(promotion.rung + 1 if promotion is not None else 0)
+                          if fidelity.enabled else None)
         if late:
             log.info("%s: stopping", late)
             return 0
