@@ -1,12 +1,12 @@
-"""Data sets: a small registry of in-memory image data sets with deterministic splits.
+"""Data sets: a small registry of image data sets with deterministic splits.
 
-Every data set the search and the trainer see is a :class:`Dataset`: three :class:`Split` s of float32 images
-in ``[0, 1]`` at the data set's *native* size, plus labels. A candidate network's input size is only known
-later, so :func:`nas.tf.pipeline.prepare` resizes (and converts channels) on demand, once per split and input
-shape, and :func:`nas.tf.pipeline.to_tf_dataset` turns arrays into a batched ``tf.data`` pipeline with
-optional augmentation; this module reads and splits data without TensorFlow. These data sets are small
-(thousands of images), so holding them in memory is the fast path: no decoding per epoch, and the same arrays
-feed training, INT8 calibration and INT8 evaluation.
+Every data set the search and the trainer see is a :class:`Dataset`: three :class:`Split` s, each the rows of
+an image store at the data set's *native* (stored) size, plus labels. An image folder is decoded once into its
+on-disk uint8 cache (:mod:`nas.datacache`, shared by every process and command) and its splits are row indices
+into it, so loading a folder of a million images holds a few arrays of indices, not the images; the embedded
+sets are small and stay in memory as float32. A candidate network's input size is only known later, so
+:func:`nas.tf.pipeline.stream` reads a split's rows a batch at a time and resizes, converts channels and
+augments inside ``tf.data``; this module reads and splits data without TensorFlow.
 
 Sources (``load(name_or_path)``)
 --------------------------------
@@ -69,8 +69,9 @@ Splits and policies
 * Colour: an image folder whose images are *all* grayscale (modes ``1``, ``L``, ``LA``, ``I``,
   ``I;16``...) stays 1-channel; otherwise every image becomes RGB (gray repeated). Alpha is flattened
   over black (premultiplied): a camera never sees transparency, and black keeps digit-like images intact.
-  Images of different sizes are resized to the most common size (the native size), and the count of
-  resized images is recorded.
+  Images of different sizes are stored at one size (:func:`nas.datacache.stored_size`: the 90th percentile
+  of the shorter sides, at least the commonest size, at most 256 px), the count of resized images and the size
+  distribution (``image_sizes``) are recorded. Pixels are stored as uint8.
 * Corrupt or unreadable image files are skipped, listed in a logged warning and counted in
   ``description["skipped"]`` (names in ``description["skipped_files"]``); more than 10% unreadable means
   the folder itself is wrong, and is a :class:`~nas.errors.UserError`.
