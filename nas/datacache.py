@@ -395,7 +395,8 @@ def _main(argv: list[str]) -> int:
     from nas import data
     from nas.errors import UserError
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
+    log.setLevel(logging.INFO)  # the progress lines and what was built or opened; nas.data's own chatter stays out
     try:
         data.load(argv[0], seed=0)
     except UserError as e:
