@@ -5,18 +5,19 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 from nas.datacache import ENV_CACHE_DIR
 
-_OWN_CACHE: list[str] = []  # the folder this session made (removed at its end)
+_CACHE_KEY = pytest.StashKey[str]()  # the folder this session made (removed at its end)
 
 
-def pytest_configure(config) -> None:
+def pytest_configure(config: pytest.Config) -> None:
     """Image caches go to a throw-away folder, never the user's ``~/.cache/tinynas`` (workers inherit it)."""
     folder = tempfile.mkdtemp(prefix="tinynas-test-cache-")
-    _OWN_CACHE.append(folder)
+    config.stash[_CACHE_KEY] = folder
     os.environ[ENV_CACHE_DIR] = folder
 
 
-def pytest_unconfigure(config) -> None:
-    for folder in _OWN_CACHE:
-        shutil.rmtree(folder, ignore_errors=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shutil.rmtree(config.stash.get(_CACHE_KEY, ""), ignore_errors=True)
