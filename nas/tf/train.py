@@ -397,19 +397,18 @@ def train_rung(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, rung: 
     grid = dataset.grid_channels
     check_compatible(spec, dataset)
     t0 = time.perf_counter()
-    x_train = pipeline.prepare(dataset.train, spec.resolution, spec.channels, grid)
-    y_train = dataset.train.y
-    if budget.train_limit and len(x_train) > budget.train_limit:
-        x_train, y_train = x_train[: budget.train_limit], y_train[: budget.train_limit]
-    x_val = pipeline.prepare(dataset.val, spec.resolution, spec.channels, grid)
-    p = plan_budget(budget, len(x_train))
+    # streamed from the split's store, as in train_qat: a rung's share of the training set is an index selection
+    train_split = dataset.train.head(budget.train_limit or None)
+    p = plan_budget(budget, len(train_split))
     augment = dataset.description.get("augment")
     # The same permutation for every rung of a candidate, so a rung's images include the rung below's.
-    order = np.random.default_rng(seed).permutation(len(x_train))
-    head = np.sort(order[: max(p.batch_size, int(math.ceil(rung.fraction * len(x_train))))])
-    rung_ds = pipeline.to_tf_dataset(x_train[head], y_train[head], p.batch_size, shuffle=True, seed=seed + rung.index,
-                                     augment=augment, grid_channels=grid if task == "gaze" else None)
-    val_ds = pipeline.to_tf_dataset(x_val, dataset.val.y, max(p.batch_size, 256), shuffle=False, seed=seed)
+    order = np.random.default_rng(seed).permutation(len(train_split))
+    head = np.sort(order[: max(p.batch_size, int(math.ceil(rung.fraction * len(train_split))))])
+    rung_ds = pipeline.stream(train_split.subset(head), spec.resolution, spec.channels, grid,
+                              batch_size=p.batch_size, shuffle=True, seed=seed + rung.index, augment=augment)
+    val_ds = pipeline.stream(dataset.val, spec.resolution, spec.channels, grid, batch_size=max(p.batch_size, 256),
+                             seed=seed)
+    x_val = val_ds  # what predict() reads for the validation figures (its labels are ignored)
     timings["data"] = time.perf_counter() - t0
 
     keras.utils.set_random_seed(seed + rung.index)
@@ -442,8 +441,8 @@ def train_rung(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, rung: 
         return Trained(model=model, metric_name=name, higher_is_better=higher, val_metric=float_val,
                        pretrain_val_metric=float_val, epochs_run=0, plan=p, history=history, timings=timings,
                        attempts=attempts)
-    train_ds = pipeline.to_tf_dataset(x_train, y_train, p.batch_size, shuffle=True, seed=seed, augment=augment,
-                                      grid_channels=grid if task == "gaze" else None)
+    train_ds = pipeline.stream(train_split, spec.resolution, spec.channels, grid, batch_size=p.batch_size,
+                               shuffle=True, seed=seed, augment=augment)
     chance = Chance.of(dataset.val.y, classes) if task == "classification" and p.recipe.detect_collapse else None
     run = _Run(task=task, train_ds=train_ds, val_ds=val_ds, plan=p, classes=classes, chance=chance,
                patience=budget.patience, verbose=0, progress=progress, metric_name=name, attempt=1)
