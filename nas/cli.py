@@ -366,7 +366,7 @@ def cmd_search(args: argparse.Namespace) -> int:
               + (f"candidates for {results.format_duration(time_s)}" + (f" (at most {req.trials})" if args.trials
                                                                          else "")
                  if time_s is not None else f"{req.trials} candidates to train")
-              + f" ({budget['epochs']} training epochs"
+              + f" ({budget['epochs']} training epoch{'' if budget['epochs'] == 1 else 's'}"
               + (f", {budget['train_limit']} training samples" if budget.get("train_limit") else "")
               + (f", learning rate {budget['learning_rate']:g}" if budget.get("learning_rate") else "")
               + f"), sampler {req.sampler}, {plan.workers} worker(s)")
