@@ -360,8 +360,8 @@ def _build(root: Path, files: Sequence[Path], out: Path, processes: int | None) 
     tmp_meta = out / "meta.json.part"
     tmp_meta.write_text(json.dumps(meta, indent=1))
     os.replace(tmp_meta, out / "meta.json")  # the last file: a folder without it is not a cache
-    log.info("%s: decoded %d images into %s in %.1f s (%d unreadable)", root, len(paths), out.name,
-             meta["decode_seconds"], len(bad))
+    log.info("%s: decoded %d images into the image cache under %s in %.1f s (%d unreadable)", root, len(paths),
+             out.parent, meta["decode_seconds"], len(bad))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,7 +396,8 @@ def _main(argv: list[str]) -> int:
     from nas.errors import UserError
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    log.setLevel(logging.INFO)  # the progress lines and what was built or opened; nas.data's own chatter stays out
+    # run with -m this module is __main__; the cache code that data.load reaches logs as nas.datacache
+    logging.getLogger("nas.datacache").setLevel(logging.INFO)  # progress and what was built; not nas.data chatter
     try:
         data.load(argv[0], seed=0)
     except UserError as e:

@@ -188,3 +188,16 @@ def test_unwritable_cache_dir_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(UserError) as e:
         data.load(str(_folder(tmp_path / "d")), cache_dir=blocker / "cache")
     assert str(blocker / "cache") in str(e.value) and "--cache-dir" in str(e.value)
+
+
+def test_the_cache_child_says_what_it_decoded_then_what_it_opened(tmp_path: Path) -> None:
+    """What the search coordinator's child prints on stderr: the build (count, where, how long), then, next time,
+    the cache it opened (the child runs as ``__main__``: the cache code's own logger must still speak)."""
+    folder = _folder(tmp_path / "imgs", per_class=5)
+    env = {**os.environ, datacache.ENV_CACHE_DIR: str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "nas.datacache", str(folder)]
+    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr
+    assert f"decoded 10 images into the image cache under {tmp_path / 'cache'}" in first.stderr, first.stderr
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert "opened the image cache" in again.stderr and "decoded" not in again.stderr, again.stderr
