@@ -248,6 +248,15 @@ def _progress_text(s) -> str:
             f"{s.metric_name} {best}, memory {kb(s.best_memory_bytes)}, energy {energy}{rungs}")
 
 
+def _count(text: str) -> int:
+    from nas.formatting import parse_count
+
+    try:
+        return parse_count(text)
+    except ValueError as e:
+        raise UserError("--epoch-images", "epoch_images", str(e)) from None
+
+
 def _duration(text: str) -> float:
     from nas.formatting import parse_duration
 
@@ -327,6 +336,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     started = time.time()  # a --time budget counts from here: loading the data is part of it
     command = ["nas", *sys.argv[1:]]
     time_s = _duration(args.time) if args.time is not None else None
+    epoch_images = _count(args.epoch_images) if args.epoch_images is not None else None
     if args.resume:
         given = [f"--{k.replace('_', '-')}" for k in _FROM_RUN_DIR if getattr(args, k) is not None]
         if given:
@@ -335,7 +345,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                                                   "--max-consecutive-failures may be given)")
         run_dir = search.resume_run(args.resume, trials=args.trials, workers=args.workers, storage=args.storage,
                                     command=command, max_consecutive_failures=args.max_consecutive_failures,
-                                    time_s=time_s, started_at=started)
+                                    time_s=time_s, started_at=started, epoch_images=epoch_images)
         run = results.open_run(run_dir, args.storage)
         plan = search.plan_workers(args.workers, run.budget - run.summary().used)
         print(f"Resuming {run_dir}")
@@ -346,8 +356,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         req = search.SearchRequest(
             constraints=args.constraints, space=args.space, dataset=args.dataset,
             trials=(args.trials if args.trials is not None else
-                    search.TIMED_TRIALS if time_s is not None else search.DEFAULT_TRIALS),
-            time_s=time_s, started_at=started,
+                    search.TIMED_TRIALS if time_s is not None or epoch_images else search.DEFAULT_TRIALS),
+            time_s=time_s, started_at=started, epoch_images=epoch_images,
             epochs=search.DEFAULT_EPOCHS if args.epochs is None else args.epochs, train_limit=args.train_limit,
             learning_rate=args.lr, sampler=args.sampler or "tpe", workers=args.workers, storage=args.storage,
             run_dir=args.run_dir, seed=0 if args.seed is None else args.seed, command=tuple(command),
@@ -365,11 +375,14 @@ def cmd_search(args: argparse.Namespace) -> int:
               f"{cfg.target['name']}; "
               + (f"candidates for {results.format_duration(time_s)}" + (f" (at most {req.trials})" if args.trials
                                                                          else "")
-                 if time_s is not None else f"{req.trials} candidates to train")
+                 if time_s is not None else f"{req.trials} candidates to train" if args.trials or not epoch_images
+                 else "candidates until the compute budget is used")
               + f" ({budget['epochs']} training epoch{'' if budget['epochs'] == 1 else 's'}"
               + (f", {budget['train_limit']} training samples" if budget.get("train_limit") else "")
               + (f", learning rate {budget['learning_rate']:g}" if budget.get("learning_rate") else "")
               + f"), sampler {req.sampler}, {plan.workers} worker(s)")
+        if epoch_images:
+            print(f"  compute budget: {epoch_images:,} training images over all candidates (epochs x images)")
         if cfg.fidelity:
             print(f"  multi-fidelity (ASHA): {cfg.fidelity['rungs']} rungs, the best 1/{cfg.fidelity['eta']} of each "
                   f"continue; rungs below the top are judged on float validation accuracy and estimated memory")
@@ -526,6 +539,9 @@ def _add_search_parsers(sub) -> None:
     se.add_argument("--cache-dir", help=CACHE_DIR_HELP)
     se.add_argument("--trials", type=int, help="candidates to train; rejected ones do not count (default 20, or "
                                                "no limit but the time with --time)")
+    se.add_argument("--epoch-images", help="compute budget: training images summed over epochs, rungs and "
+                                           "candidates, e.g. 5M: no candidate starts once this session trained "
+                                           "that many (candidates in flight finish)")
     se.add_argument("--time", help="wall-clock budget, e.g. 10m, 1h30m: no candidate starts after it (nor when less "
                                    "is left than a median candidate took); the command's start counts")
     se.add_argument("--epochs", type=int, help="training epochs per candidate, float then QAT (default 2: one of "

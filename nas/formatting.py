@@ -68,6 +68,18 @@ def package_versions(packages: Iterable[str] = PACKAGES) -> dict[str, str]:
 _DURATION = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
 
 
+_COUNT = re.compile(r"^\s*(\d+(?:\.\d+)?(?:e\d+)?)\s*([kKmMgG]?)\s*$")
+_COUNT_SCALE = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9}
+
+
+def parse_count(text: str) -> int:
+    """A count in ``2000000``, ``2e6``, ``500k``, ``2M`` or ``1.5G``; ``ValueError`` for anything else."""
+    m = _COUNT.match(str(text))
+    if not m:
+        raise ValueError(f"a count such as 2000000, 2M or 500k, got {text!r}")
+    return int(round(float(m.group(1)) * _COUNT_SCALE[m.group(2).lower()]))
+
+
 def parse_duration(text: str) -> float:
     """Seconds in ``90``, ``90s``, ``10m``, ``1h``, ``1h30m`` or ``2.5h``; ``ValueError`` for anything else."""
     m = _DURATION.match(str(text))

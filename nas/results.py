@@ -496,7 +496,7 @@ def format_pareto(report: dict[str, Any]) -> str:
              f"data {report['dataset']})",
              f"trials: {s['trained']} trained ({s['feasible']} feasible), {s['rejected']} rejected before "
              f"training, {s['failed']} failed, {s['interrupted']} interrupted; "
-             + (f"{s['used']} candidates in the time budget" if s["budget"] >= rundir.TIMED_TRIALS
+             + (f"{s['used']} candidates in the time or compute budget" if s["budget"] >= rundir.TIMED_TRIALS
                 else f"budget {s['used']}/{s['budget']}")]
     if s.get("rungs"):
         top = max(int(k) for k in s["rungs"])

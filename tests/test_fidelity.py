@@ -254,6 +254,10 @@ def test_real_rungs_continue_the_float_weights_and_the_top_rung_is_an_int8_candi
     assert r1["rung"] == 1 and r1["metric_split"] == "val" and r1["tflm_arena_bytes"] > 0
     assert (tmp_path / "r1" / "model_int8.tflite").is_file() and r1["promoted_from"] == str(tmp_path / "r0")
     assert 0.0 <= r1["int8_metric"] <= 1.0
+    # what --epoch-images counts: steps x batch, the float steps of this rung only, then the top rung's QAT epoch
+    batch, per_epoch = r1["plan"]["batch_size"], r1["plan"]["steps_per_epoch"]
+    assert r0["trained_images"] == ladder[0].float_steps * batch
+    assert r1["trained_images"] == (ladder[1].float_steps - ladder[0].float_steps + per_epoch) * batch
     with pytest.raises(CandidateError, match="no float weights"):
         evaluate_rung(spec, "mnist", budget, tmp_path / "r2", rung=ladder[1], below=ladder[0],
                       start_from=tmp_path / "missing")

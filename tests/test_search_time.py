@@ -10,7 +10,8 @@ import yaml
 from optuna.trial import TrialState
 
 from nas import results, search
-from nas.formatting import parse_duration
+from nas.errors import UserError
+from nas.formatting import parse_count, parse_duration
 from tests.test_search import QUICK, TINY, nas, write_space
 
 
@@ -81,3 +82,39 @@ def test_a_bad_time_is_one_line_naming_the_flag(tmp_path):
     assert res.stderr.strip().splitlines() == [
         "nas search: error: --time: field 'time': a duration such as 10m, 1h30m or 90s, got 'soon'"]
     assert not (tmp_path / "r").exists()
+
+
+
+@pytest.mark.parametrize("text, count", [("2000000", 2_000_000), ("2e6", 2_000_000), ("500k", 500_000),
+                                         ("2M", 2_000_000), ("1.5G", 1_500_000_000)])
+def test_counts(text, count):
+    assert parse_count(text) == count
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-5", "5 images", "2MB"])
+def test_bad_counts(text):
+    with pytest.raises(ValueError, match="a count such as"):
+        parse_count(text)
+
+
+def test_an_epoch_images_budget_stops_the_session_and_is_recorded(tmp_path):
+    """--epoch-images: no candidate starts once the session's trained images reach the budget (each fake
+    candidate reports 1,000); a resumed session gets its own budget, counted from its first trial."""
+    run_dir = search.create_run(search.SearchRequest(
+        constraints="mcu_vww.yaml", dataset="mnist", space=str(write_space(tmp_path / "tiny.yaml", TINY)),
+        run_dir=str(tmp_path / "run"),
+        trials=search.TIMED_TRIALS, epochs=1, train_limit=300, epoch_images=2500))
+    assert yaml.safe_load((run_dir / "run.yaml").read_text())["sessions"][0]["epoch_images"] == 2500
+    outcome = search.execute(run_dir, train_step="tests.train_steps:thousand_images")
+    assert outcome.summary.used == 3, outcome.summary  # 0, 1000, 2000 < 2500 start; 3000 does not
+    search.resume_run(run_dir, epoch_images=1000)
+    assert search.execute(run_dir, train_step="tests.train_steps:thousand_images").summary.used == 4
+    with pytest.raises(UserError) as info:
+        search.resume_run(run_dir, epoch_images=0)
+    assert info.value.source == "--epoch-images"
+
+
+def test_a_bad_epoch_images_is_one_line_naming_the_flag(tmp_path):
+    out = nas("search", "--constraints", "mcu_vww.yaml", "--epoch-images", "lots", "--run-dir", str(tmp_path / "r"))
+    assert out.returncode == 2 and "--epoch-images" in out.stderr and "a count such as" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1

@@ -45,7 +45,8 @@ def rung_step(spec: Any, dataset: str, budget: Any, out_dir: Path, *, seed: int 
     est = profile.estimate(spec)
     metric = min(0.99, 0.3 + 0.2 * rung.index + 0.3 * spec.width)
     out: dict[str, Any] = {"metric_name": "accuracy", "higher_is_better": True, "spec": spec.to_string(),
-                           "rung": rung.index, "weights_history": history, "seconds": 0.01}
+                           "rung": rung.index, "weights_history": history, "seconds": 0.01,
+                           "trained_images": 100 * (rung.float_steps - (below.float_steps if below else 0))}
     if rung.final:
         out.update(int8_metric=metric, measured_memory_bytes=est.peak_sram_bytes, tflm_arena_bytes=est.peak_sram_bytes,
                    tflite_bytes=est.flash_bytes, metric_split="val", int8_interval=[metric - 0.05, metric + 0.05])
@@ -53,3 +54,14 @@ def rung_step(spec: Any, dataset: str, budget: Any, out_dir: Path, *, seed: int 
         out.update(rung_metric=metric, rung_memory_bytes=est.peak_sram_bytes)
     files.metrics.write_text(json.dumps(out))
     return out
+
+
+def thousand_images(spec: Any, dataset: str, budget: Any, out_dir: Path, *, seed: int = 0,
+                    target: Any = None) -> dict[str, Any]:
+    """A whole candidate without TensorFlow that reports 1,000 trained images (for --epoch-images)."""
+    from nas import profile
+
+    est = profile.estimate(spec)
+    return {"metric_name": "accuracy", "higher_is_better": True, "spec": spec.to_string(), "int8_metric": 0.5,
+            "measured_memory_bytes": est.peak_sram_bytes, "tflm_arena_bytes": est.peak_sram_bytes,
+            "tflite_bytes": est.flash_bytes, "metric_split": "val", "trained_images": 1000, "seconds": 0.01}

@@ -196,7 +196,7 @@ def create_run(req: SearchRequest) -> Path:
             storage=results.redact(storage) if storage else None,
             versions=package_versions(),
             sessions=[_session(req.command, req.workers, req.trials, first_trial=0,
-                               deadline=deadline_of(req.time_s, req.started_at))],
+                               deadline=deadline_of(req.time_s, req.started_at), epoch_images=req.epoch_images)],
             max_consecutive_failures=req.max_consecutive_failures,
             fidelity=fidelity.to_dict() if fidelity.enabled else None,
         )
@@ -219,12 +219,13 @@ def native_resolution(description: dict[str, Any]) -> int | None:
 
 
 def _session(command: Sequence[str], workers: int, trials: int, first_trial: int,
-             deadline: dict[str, float] | None = None) -> dict[str, Any]:
+             deadline: dict[str, float] | None = None, epoch_images: int | None = None) -> dict[str, Any]:
     """A session's record in run.yaml. ``first_trial``: the trials before it do not count towards its
     --max-consecutive-failures (a resumed search starts a new streak). ``deadline``: its --time budget
-    (:func:`deadline_of`), which every worker of the session reads."""
+    (:func:`deadline_of`), ``epoch_images`` its compute budget, which every worker of the session reads."""
     return {"started": results.now_iso(), "command": list(command), "host": HOST, "pid": os.getpid(),
-            "workers": workers, "trials": trials, "first_trial": first_trial, **(deadline or {})}
+            "workers": workers, "trials": trials, "first_trial": first_trial, **(deadline or {}),
+            **({"epoch_images": int(epoch_images)} if epoch_images else {})}
 
 
 def deadline_of(time_s: float | None, started_at: float | None) -> dict[str, float] | None:
@@ -253,7 +254,8 @@ def _create_study(url: str, name: str, run_id: str, run_dir: Path,
 
 def resume_run(run_dir: str | Path, *, trials: int | None = None, workers: int = 1, storage: str | None = None,
                command: Sequence[str] = (), max_consecutive_failures: int | None = None,
-               time_s: float | None = None, started_at: float | None = None) -> Path:
+               time_s: float | None = None, started_at: float | None = None,
+               epoch_images: int | None = None) -> Path:
     """Prepare a run directory to continue: check it is a run and its study, fail cut-off trials, record the
     session. ``trials`` raises (or lowers) the total budget and ``max_consecutive_failures`` replaces the
     run's cap; everything else comes from the run directory."""
@@ -282,8 +284,10 @@ def resume_run(run_dir: str | Path, *, trials: int | None = None, workers: int =
         config = config.replace(max_consecutive_failures=max_consecutive_failures)
     if time_s is not None and time_s <= 0:
         raise UserError("--time", "time", f"a positive duration such as 10m or 1h, got {time_s:g} s")
+    if epoch_images is not None and epoch_images < 1:
+        raise UserError("--epoch-images", "epoch_images", f"a positive number of training images, got {epoch_images}")
     session = _session(command, workers, int(config.trials), first_trial=len(run.frozen_trials()),
-                       deadline=deadline_of(time_s, started_at))
+                       deadline=deadline_of(time_s, started_at), epoch_images=epoch_images)
     config.replace(sessions=[*config.sessions, session]).save(run.path)
     return run.path
 

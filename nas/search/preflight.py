@@ -51,6 +51,7 @@ class SearchRequest:
     max_consecutive_failures: int = rundir.DEFAULT_MAX_CONSECUTIVE_FAILURES
     time_s: float | None = None       # --time: no candidate starts after started_at + time_s (wall clock)
     started_at: float | None = None   # when the command started (time.time()); default: when the run is made
+    epoch_images: int | None = None   # --epoch-images: no candidate starts once the session trained this many
     fidelity: str = "none"            # --fidelity: "asha" (rungs, nas.fidelity) or "none" (every candidate fully)
     eta: int = 3                      # --eta: ASHA continues the best 1/eta of each rung
     rungs: int = 3                    # --rungs: fidelity levels, the top one the full candidate budget
@@ -59,6 +60,9 @@ class SearchRequest:
 def check_request(req: SearchRequest) -> None:
     if req.time_s is not None and req.time_s <= 0:
         raise UserError("--time", "time", f"a positive duration such as 10m or 1h, got {req.time_s:g} s")
+    if req.epoch_images is not None and req.epoch_images < 1:
+        raise UserError("--epoch-images", "epoch_images", f"a positive number of training images (summed over "
+                                                          f"epochs and candidates), got {req.epoch_images}")
     if req.trials < 1:
         raise UserError("--trials", "trials", f"a positive number of candidates to train, got {req.trials}")
     if req.epochs < 1:

@@ -458,8 +458,9 @@ def run_worker(run_dir: Path, index: int, session: int, storage: str | None = No
     url = config.storage_url(run_dir, storage)
     sampler = make_sampler(config.sampler, worker_seed(int(config.seed), session, index), int(config.trials))
     try:
-        deadline = (config.sessions[session] if 0 <= session < len(config.sessions) else {}).get("deadline")
-        return _worker_loop(run_dir, worker, url, sampler, session_first_trial(config, session), deadline)
+        record = config.sessions[session] if 0 <= session < len(config.sessions) else {}
+        return _worker_loop(run_dir, worker, url, sampler, session_first_trial(config, session),
+                            record.get("deadline"), record.get("epoch_images"))
     except DiskFull:
         raise
     except Exception as e:
@@ -471,6 +472,23 @@ def run_worker(run_dir: Path, index: int, session: int, storage: str | None = No
         raise StorageUnavailable(f"lost the study's storage {results.redact(url)} ({problem}): stopping; finished "
                                  f"trials are safe in it, the trial in progress is marked interrupted by "
                                  f"nas search --resume") from e
+
+
+def images_trained(trials: Iterable[Any], since: int = 0) -> int:
+    """Training images (steps x batch, over epochs, rungs and retries) of the finished trials numbered ``since``
+    or later: what an ``--epoch-images`` budget counts. Rejected candidates trained none."""
+    return sum(int((t.user_attrs.get(rundir.ATTR_METRICS) or {}).get("trained_images") or 0)
+               for t in trials if t.number >= since and t.state.name != "RUNNING")
+
+
+def compute_is_used(study: Any, epoch_images: int | None, since: int = 0) -> str | None:
+    """Why no candidate should start under an --epoch-images budget, or None. Candidates in flight finish, so a
+    session ends up to one candidate per worker past the budget."""
+    if not epoch_images:
+        return None
+    used = images_trained(study.get_trials(deepcopy=False), since)
+    return f"the compute budget is used ({used:,} of {int(epoch_images):,} epoch-images)" if used >= epoch_images \
+        else None
 
 
 def time_is_up(study: Any, deadline: float | None, now: float | None = None, rung: int | None = None) -> str | None:
@@ -493,7 +511,7 @@ def time_is_up(study: Any, deadline: float | None, now: float | None = None, run
 
 
 def _worker_loop(run_dir: Path, worker: Worker, url: str, sampler: Any, first_trial: int,
-                 deadline: float | None = None) -> int:
+                 deadline: float | None = None, epoch_images: int | None = None) -> int:
     import optuna
 
     config = worker.config
@@ -514,6 +532,10 @@ def _worker_loop(run_dir: Path, worker: Worker, url: str, sampler: Any, first_tr
             return 0
         if rejected >= max_rejected and promotion is None:
             log.warning("%d candidates rejected before training (cap %d): stopping", rejected, max_rejected)
+            return 0
+        spent = compute_is_used(study, epoch_images, first_trial)
+        if spent:
+            log.info("%s: stopping", spent)
             return 0
         late = time_is_up(study, deadline, rung=(promotion.rung + 1 if promotion is not None else 0)
                           if fidelity.enabled else None)

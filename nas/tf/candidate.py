@@ -156,6 +156,7 @@ def evaluate_rung(spec: ArchSpec, dataset: str, budget: Budget, out_dir: Path, *
         "rung_memory_bytes": est.onchip_bytes if runtime == "imx500" else est.peak_sram_bytes,
         "estimated_flash_bytes": est.flash_bytes, "macs": est.macs, "params": est.params,
         "plan_text": trained.plan.describe(), "plan": dataclasses.asdict(trained.plan), "budget": budget.to_dict(),
+        "trained_images": trained.steps * trained.plan.batch_size,
         "seed": seed, "train_seed": seed, "history": trained.history,
         "timings": {k: round(v, 3) for k, v in trained.timings.items()},
     }
@@ -225,6 +226,7 @@ def _finish(spec: ArchSpec, ds: Any, trained: train.Trained, files: TrialFiles, 
         "plan_text": trained.plan.describe(),
         "quantization_delta": int8_metric - float_metric,
         "epochs_run": trained.epochs_run,
+        "trained_images": trained.steps * trained.plan.batch_size,  # steps x batch: what --epoch-images counts
         "plan": dataclasses.asdict(trained.plan),
         "attempts": trained.attempts,
         "tflite_bytes": measured.tflite_bytes,

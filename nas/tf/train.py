@@ -59,6 +59,7 @@ class Trained:
     history: dict[str, list[float]]
     timings: dict[str, float]
     attempts: list[dict[str, Any]] = field(default_factory=list)  # one per training run: peak lr and outcome
+    steps: int = 0                     # training steps taken, over phases and attempts (x batch: images trained)
 
 
 @dataclass(frozen=True)
@@ -325,6 +326,7 @@ def train_qat(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, *, seed
     log.info("%s", p.describe())
 
     attempts: list[dict[str, Any]] = []
+    steps = 0
     for attempt, scale in ((1, 1.0), (2, RETRY_LR_FACTOR)):
         run_plan = p if scale == 1.0 else dataclasses.replace(p, peak_lr=p.peak_lr * scale)
         run = _Run(task=task, train_ds=train_ds, val_ds=val_ds, plan=run_plan, classes=classes, chance=chance,
@@ -333,6 +335,7 @@ def train_qat(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, *, seed
             model, val_metric, pretrain, epochs_run, history = _attempt(spec, run, seed, timings, x_val,
                                                                         dataset.val.y)
         except _Collapsed as c:
+            steps += run.counter[0]
             attempts.append({"peak_lr": run_plan.peak_lr, "outcome": f"collapsed: {c}"})
             if attempt == 1:
                 log.warning("training collapsed (%s) at peak learning rate %.3g; retrying at %.3g", c,
@@ -341,7 +344,7 @@ def train_qat(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, *, seed
         attempts.append({"peak_lr": run_plan.peak_lr, "outcome": "trained"})
         return Trained(model=model, metric_name=name, higher_is_better=higher, val_metric=val_metric,
                        pretrain_val_metric=pretrain, epochs_run=epochs_run, plan=run_plan, history=history,
-                       timings=timings, attempts=attempts)
+                       timings=timings, attempts=attempts, steps=steps + run.counter[0])
     raise TrainingError("training collapsed twice: " + "; then ".join(
         f"at peak learning rate {a['peak_lr']:.3g}, {a['outcome'].removeprefix('collapsed: ')}" for a in attempts))
 
@@ -440,7 +443,7 @@ def train_rung(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, rung: 
     if not rung.final:
         return Trained(model=model, metric_name=name, higher_is_better=higher, val_metric=float_val,
                        pretrain_val_metric=float_val, epochs_run=0, plan=p, history=history, timings=timings,
-                       attempts=attempts)
+                       attempts=attempts, steps=steps)
     train_ds = pipeline.stream(train_split, spec.resolution, spec.channels, grid, batch_size=p.batch_size,
                                shuffle=True, seed=seed, augment=augment)
     chance = Chance.of(dataset.val.y, classes) if task == "classification" and p.recipe.detect_collapse else None
@@ -462,4 +465,4 @@ def train_rung(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, rung: 
         raise TrainingError("the trained model predicts NaN")
     return Trained(model=qat_model, metric_name=name, higher_is_better=higher, val_metric=val_metric,
                    pretrain_val_metric=float_val, epochs_run=len(h.get("loss", [])), plan=p, history=history,
-                   timings=timings, attempts=attempts)
+                   timings=timings, attempts=attempts, steps=steps + run.counter[0] - rung.float_steps)
