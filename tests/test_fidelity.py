@@ -22,21 +22,12 @@ from nas import fidelity, results, search
 from nas.errors import CandidateError, UserError
 from nas.fidelity import Fidelity, RungResult, next_promotion, nondominated_ranks, rung_order
 from nas.testing import postgres as postgres_server
+from tests.test_search import TINY as SEARCH_TINY
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP = "tests.train_steps:rung_step"
-TINY = {
-    "name": "tiny",
-    "resolution": [16, 32],
-    "width": [0.25, 0.5, 0.75, 1.0],
-    "stages": [
-        {"name": "stem", "kind": "cn", "channels": 8, "stride": 2, "act": "relu"},
-        {"name": "s1", "kind": "ir", "channels": 16, "stride": 2, "depth": [1, 2], "kernel": [3, 5],
-         "expansion": [2, 4], "act": ["relu", "hswish"]},
-        {"name": "last", "kind": "cn", "channels": [32, 64], "kernel": 1, "depth": [0, 1]},
-    ],
-    "head": {"kind": "classifier", "hidden": [0, 32]},
-}
+# test_search's tiny space with four widths, so the step's metric (which grows with the width) orders candidates
+TINY = {**SEARCH_TINY, "width": [0.25, 0.5, 0.75, 1.0]}
 
 
 def request(tmp_path: Path, **kw) -> search.SearchRequest:

@@ -297,6 +297,29 @@ class _Run:
         return hist.history
 
 
+@dataclass(frozen=True)
+class _Data:
+    """What a training run reads: its training split, plan, augmentation and the streamed validation split."""
+
+    train: data_mod.Split
+    plan: Plan
+    augment: str | None
+    grid: int
+    val: Any
+
+
+def _data(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, seed: int) -> _Data:
+    """Streamed from the split's store (resize, normalisation, augmentation inside tf.data): memory does not grow
+    with the data set; --train-limit (and a rung's share) is an index selection of the same store."""
+    check_compatible(spec, dataset)
+    train = dataset.train.head(budget.train_limit or None)
+    p = plan_budget(budget, len(train))
+    grid = dataset.grid_channels
+    val = pipeline.stream(dataset.val, spec.resolution, spec.channels, grid, batch_size=max(p.batch_size, 256),
+                          seed=seed)
+    return _Data(train=train, plan=p, augment=dataset.description.get("augment"), grid=grid, val=val)
+
+
 def train_qat(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, *, seed: int = 0,
               verbose: int = 0, progress: ProgressFn | None = None) -> Trained:
     """Train ``spec`` on ``dataset`` with INT8 QAT under ``budget``; deterministic for ``seed``.
@@ -307,19 +330,12 @@ def train_qat(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, *, seed
     timings: dict[str, float] = {}
     task = dataset.task
     name, higher = task_metric(task)
-    grid = dataset.grid_channels
-    check_compatible(spec, dataset)
     t0 = time.perf_counter()
-    # streamed from the split's store (resize, normalisation, augmentation inside tf.data): memory does not grow
-    # with the data set; --train-limit is an index selection of the same store
-    train_split = dataset.train.head(budget.train_limit or None)
-    p = plan_budget(budget, len(train_split))
-    augment = dataset.description.get("augment")
-    train_ds = pipeline.stream(train_split, spec.resolution, spec.channels, grid, batch_size=p.batch_size,
+    d = _data(spec, dataset, budget, seed)
+    p, augment, grid = d.plan, d.augment, d.grid
+    train_ds = pipeline.stream(d.train, spec.resolution, spec.channels, grid, batch_size=p.batch_size,
                                shuffle=True, seed=seed, augment=augment)
-    val_ds = pipeline.stream(dataset.val, spec.resolution, spec.channels, grid,
-                             batch_size=max(p.batch_size, 256), seed=seed)
-    x_val = val_ds  # what predict() reads for the validation figures (its labels are ignored)
+    val_ds = x_val = d.val  # what predict() reads for the validation figures (its labels are ignored)
     timings["data"] = time.perf_counter() - t0
     classes = dataset.num_classes if task == "classification" else 0
     chance = Chance.of(dataset.val.y, classes) if task == "classification" and p.recipe.detect_collapse else None
@@ -397,21 +413,15 @@ def train_rung(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, rung: 
     timings: dict[str, float] = {}
     task = dataset.task
     name, higher = task_metric(task)
-    grid = dataset.grid_channels
-    check_compatible(spec, dataset)
     t0 = time.perf_counter()
-    # streamed from the split's store, as in train_qat: a rung's share of the training set is an index selection
-    train_split = dataset.train.head(budget.train_limit or None)
-    p = plan_budget(budget, len(train_split))
-    augment = dataset.description.get("augment")
+    d = _data(spec, dataset, budget, seed)
+    train_split, p, augment, grid = d.train, d.plan, d.augment, d.grid
     # The same permutation for every rung of a candidate, so a rung's images include the rung below's.
     order = np.random.default_rng(seed).permutation(len(train_split))
     head = np.sort(order[: max(p.batch_size, int(math.ceil(rung.fraction * len(train_split))))])
     rung_ds = pipeline.stream(train_split.subset(head), spec.resolution, spec.channels, grid,
                               batch_size=p.batch_size, shuffle=True, seed=seed + rung.index, augment=augment)
-    val_ds = pipeline.stream(dataset.val, spec.resolution, spec.channels, grid, batch_size=max(p.batch_size, 256),
-                             seed=seed)
-    x_val = val_ds  # what predict() reads for the validation figures (its labels are ignored)
+    val_ds = x_val = d.val  # what predict() reads for the validation figures (its labels are ignored)
     timings["data"] = time.perf_counter() - t0
 
     keras.utils.set_random_seed(seed + rung.index)
