@@ -40,6 +40,8 @@ RETRY_LR_FACTOR = 0.25         # a collapsed run is retried once at this share o
 # still at chance after 106 steps at lr 1e-3 and learns later). One epoch of CIFAR-10 at batch 128 is 333
 # steps, so the collapse the legacy recipe shows there is caught after the first epoch.
 MIN_STEPS_FOR_COLLAPSE = 300
+#: virtual memory a QAT training step adds per float32 byte of the layers' outputs (measured: check_training_memory)
+TRAIN_MEMORY_PER_ACTIVATION_BYTE = 5.5
 UNIFORM_LOSS_TOLERANCE = 0.001  # |val loss - ln K| within this share of ln K: the output is uniform
 
 
@@ -308,12 +310,38 @@ class _Data:
     val: Any
 
 
+def check_training_memory(spec: ArchSpec, batch: int) -> int:
+    """Refuse, before any training, a candidate whose training step cannot get the memory it needs; returns the
+    bytes it was checked for.
+
+    A QAT training step holds every layer's float32 output and its gradient (and fake-quantised copies): measured
+    on this machine (2026-12-02, tf_keras 2.21, batch 32 vs 128; a fit on two specs, not validated on others),
+    the virtual memory a step adds per float32 byte of the layers' outputs is 4.0 (MobileNetV3-Small 0.5 @ 128 px)
+    and 5.4 (ResNet-8 @ 32 px); :data:`TRAIN_MEMORY_PER_ACTIVATION_BYTE` takes the larger. The check reserves that
+    much address space and frees it at once (nothing is touched, so nothing is committed): under an address-space
+    limit or past what the kernel would ever grant, that raises ``MemoryError`` here, as a candidate's failure,
+    instead of a ``std::bad_alloc`` abort inside TensorFlow that would kill the worker.
+    """
+    from nas import profile
+
+    elements = sum(math.prod(layer.shape) for layer in profile.estimate(spec).layers)
+    need = int(TRAIN_MEMORY_PER_ACTIVATION_BYTE * batch * elements * 4)
+    try:
+        probe = np.empty(need, np.uint8)
+    except MemoryError as e:
+        raise TrainingError(f"MemoryError: training needs about {need / 2 ** 30:.1f} GiB for a batch of {batch} "
+                            f"({elements:,} activations per sample); not available: {e}") from None
+    del probe
+    return need
+
+
 def _data(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, seed: int) -> _Data:
     """Streamed from the split's store (resize, normalisation, augmentation inside tf.data): memory does not grow
     with the data set; --train-limit (and a rung's share) is an index selection of the same store."""
     check_compatible(spec, dataset)
     train = dataset.train.head(budget.train_limit or None)
     p = plan_budget(budget, len(train))
+    check_training_memory(spec, p.batch_size)
     grid = dataset.grid_channels
     val = pipeline.stream(dataset.val, spec.resolution, spec.channels, grid, batch_size=max(p.batch_size, 256),
                           seed=seed)
