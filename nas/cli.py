@@ -530,7 +530,7 @@ def _add_search_parsers(sub) -> None:
         "search", help="constrained multi-objective search: trains only candidates that fit the target",
         description="Search a space for INT8 models that fit a target: every sampled candidate is profiled first; "
                     "those over a limit are rejected without training, the rest are trained with INT8 QAT, "
-                    "converted, evaluated as INT8 and measured. With only --constraints: a run of about 13 minutes on "
+                    "converted, evaluated as INT8 and measured. With only --constraints: a run of about 7 minutes on "
                     "the embedded MNIST digits.")
     se.add_argument("--constraints", help="constraint file: a path or a shipped name (mcu_vww.yaml, imx500.yaml)")
     se.add_argument("--space", help="search-space file: a path or a shipped name (default: mobilenetv3.yaml for "

@@ -130,7 +130,7 @@ def open_or_build(root: Path, files: Sequence[Path], cache_dir: str | os.PathLik
     key = content_key(root, files)
     final = base / key
     if (final / "meta.json").is_file():
-        log.info("%s: opened the image cache %s", root, final)
+        log.debug("%s: opened the image cache %s", root, final)
         return ImageStore(final)
     try:
         base.mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def open_or_build(root: Path, files: Sequence[Path], cache_dir: str | os.PathLik
                                                 f"--cache-dir or ${ENV_CACHE_DIR}") from None
     with _locked(base / f"{key}.lock"):
         if (final / "meta.json").is_file():  # another process built it while we waited
-            log.info("%s: opened the image cache %s (built by another process)", root, final)
+            log.debug("%s: opened the image cache %s (built by another process)", root, final)
             return ImageStore(final)
         _remove_dead_temporaries(base, key)
         tmp = base / f"{key}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
@@ -275,11 +275,13 @@ def _decode_chunk(paths: list[str], height: int, width: int, gray: bool) -> tupl
     return out.tobytes(), ok
 
 
-class _Progress:
-    """Images done, rate and ETA: a tqdm bar on a terminal, else a log line every 10 s."""
+class DecodeProgress:
+    """Images done, rate and ETA: a tqdm bar on a terminal, else a log line every 10 s (and a last one at the end
+    of work that took that long). Work shorter than that prints nothing: a bad folder stays a one-line error."""
 
     def __init__(self, what: str, total: int) -> None:
-        self.what, self.total, self.done, self.t0, self.last = what, total, 0, time.perf_counter(), 0.0
+        self.what, self.total, self.done, self.t0 = what, total, 0, time.perf_counter()
+        self.last, self.printed = self.t0, False
         self.bar = None
         if sys.stderr.isatty():
             from tqdm import tqdm
@@ -291,8 +293,8 @@ class _Progress:
             self.bar.update(n)
             return
         now = time.perf_counter()
-        if now - self.last >= 10.0 or self.done == self.total:
-            self.last = now
+        if now - self.last >= 10.0 or (self.done == self.total and self.printed):
+            self.last, self.printed = now, True
             rate = self.done / max(now - self.t0, 1e-9)
             eta = (self.total - self.done) / rate if rate else 0.0
             log.info("%s: %d/%d images (%.0f%%), %.0f img/s, ETA %.0f s", self.what, self.done, self.total,
@@ -318,7 +320,7 @@ def _build(root: Path, files: Sequence[Path], out: Path, processes: int | None) 
     chunks = [paths[s:s + CHUNK] for s in range(0, len(paths), CHUNK)]
     pool = _pool(len(paths), processes)
     try:
-        progress = _Progress(f"reading headers of {root.name}", len(paths))
+        progress = DecodeProgress(f"reading headers of {root.name}", len(paths))
         heads: list[Header | None] = []
         for got in (pool.map(_headers, chunks) if pool else map(_headers, chunks)):
             heads += got
@@ -330,7 +332,7 @@ def _build(root: Path, files: Sequence[Path], out: Path, processes: int | None) 
         height, width = stored_size(sizes) if sizes else (1, 1)
         c = 1 if gray else 3
         ok: list[bool] = []
-        progress = _Progress(f"decoding {root.name}", len(paths))
+        progress = DecodeProgress(f"decoding {root.name}", len(paths))
         with open(out / "images.npy", "wb") as f:
             np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False,
                                                       "shape": (len(paths), height, width, c)})
@@ -360,8 +362,10 @@ def _build(root: Path, files: Sequence[Path], out: Path, processes: int | None) 
     tmp_meta = out / "meta.json.part"
     tmp_meta.write_text(json.dumps(meta, indent=1))
     os.replace(tmp_meta, out / "meta.json")  # the last file: a folder without it is not a cache
-    log.info("%s: decoded %d images into the image cache under %s in %.1f s (%d unreadable)", root, len(paths),
-             out.parent, meta["decode_seconds"], len(bad))
+    # said where a long decode was reported as it went; a short one says nothing (a bad folder stays one line)
+    log.log(logging.INFO if meta["decode_seconds"] >= 10.0 else logging.DEBUG,
+            "%s: decoded %d images into the image cache under %s in %.1f s (%d unreadable)", root, len(paths),
+            out.parent, meta["decode_seconds"], len(bad))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -396,8 +400,9 @@ def _main(argv: list[str]) -> int:
     from nas.errors import UserError
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)
-    # run with -m this module is __main__; the cache code that data.load reaches logs as nas.datacache
-    logging.getLogger("nas.datacache").setLevel(logging.INFO)  # progress and what was built; not nas.data chatter
+    # run with -m this module is __main__; the cache code that data.load reaches logs as nas.datacache: its progress
+    # and the summary of a long build reach the user
+    logging.getLogger("nas.datacache").setLevel(logging.INFO)
     try:
         data.load(argv[0], seed=0)
     except UserError as e:

@@ -3,6 +3,7 @@ search coordinator never decodes; splits stream from it (small generated folders
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -190,14 +191,23 @@ def test_unwritable_cache_dir_is_one_line(tmp_path: Path) -> None:
     assert str(blocker / "cache") in str(e.value) and "--cache-dir" in str(e.value)
 
 
-def test_the_cache_child_says_what_it_decoded_then_what_it_opened(tmp_path: Path) -> None:
-    """What the search coordinator's child prints on stderr: the build (count, where, how long), then, next time,
-    the cache it opened (the child runs as ``__main__``: the cache code's own logger must still speak)."""
+def test_the_cache_child_is_silent_on_short_work_and_reports_long_work(tmp_path: Path, monkeypatch, caplog) -> None:
+    """The search coordinator's child: a decode of a few seconds prints nothing (a bad folder stays a one-line
+    error), a long one a line every 10 s and a last one; the child runs as ``__main__``, so the cache code's own
+    logger must be the one it turns up."""
     folder = _folder(tmp_path / "imgs", per_class=5)
     env = {**os.environ, datacache.ENV_CACHE_DIR: str(tmp_path / "cache")}
     cmd = [sys.executable, "-m", "nas.datacache", str(folder)]
-    first = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert first.returncode == 0, first.stderr
-    assert f"decoded 10 images into the image cache under {tmp_path / 'cache'}" in first.stderr, first.stderr
-    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert "opened the image cache" in again.stderr and "decoded" not in again.stderr, again.stderr
+    for _ in range(2):  # the build, then the open
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and out.stderr == "", out.stderr
+    clock = iter([0.0, 4.0, 11.0, 15.0, 23.0, 25.0])
+    monkeypatch.setattr(datacache.time, "perf_counter", lambda: next(clock))
+    caplog.set_level(logging.INFO, logger="nas.datacache")
+    progress = datacache.DecodeProgress("decoding x", 50)
+    for _ in range(5):
+        progress.add(10)
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines == ["decoding x: 20/50 images (40%), 2 img/s, ETA 16 s",
+                     "decoding x: 40/50 images (80%), 2 img/s, ETA 6 s",
+                     "decoding x: 50/50 images (100%), 2 img/s, ETA 0 s"], lines
