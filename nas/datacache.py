@@ -359,13 +359,14 @@ def _build(root: Path, files: Sequence[Path], out: Path, processes: int | None) 
             "stored_shape": [height, width, c], "color": "gray" if gray else "rgb",
             "unreadable": bad, "resized_to_stored": resized, "image_sizes": size_distribution(sizes),
             "decode_seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    took = float(meta["decode_seconds"])
     tmp_meta = out / "meta.json.part"
     tmp_meta.write_text(json.dumps(meta, indent=1))
     os.replace(tmp_meta, out / "meta.json")  # the last file: a folder without it is not a cache
     # said where a long decode was reported as it went; a short one says nothing (a bad folder stays one line)
-    log.log(logging.INFO if meta["decode_seconds"] >= 10.0 else logging.DEBUG,
+    log.log(logging.INFO if took >= 10.0 else logging.DEBUG,
             "%s: decoded %d images into the image cache under %s in %.1f s (%d unreadable)", root, len(paths),
-            out.parent, meta["decode_seconds"], len(bad))
+            out.parent, took, len(bad))
 
 
 # --------------------------------------------------------------------------------------------------
