@@ -355,11 +355,11 @@ def _build(root: Path, files: Sequence[Path], out: Path, processes: int | None) 
     np.save(out / "ok.npy", np.asarray(ok, bool))
     bad = [os.path.relpath(p, root) for p, k in zip(paths, ok) if not k]
     resized = sum(1 for h in good if (h.size[1], h.size[0]) != (height, width))
+    took = round(time.perf_counter() - t0, 2)
     meta = {"version": FORMAT_VERSION, "source": str(root.resolve()), "count": len(paths),
             "stored_shape": [height, width, c], "color": "gray" if gray else "rgb",
             "unreadable": bad, "resized_to_stored": resized, "image_sizes": size_distribution(sizes),
-            "decode_seconds": round(time.perf_counter() - t0, 2), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    took = float(meta["decode_seconds"])
+            "decode_seconds": took, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     tmp_meta = out / "meta.json.part"
     tmp_meta.write_text(json.dumps(meta, indent=1))
     os.replace(tmp_meta, out / "meta.json")  # the last file: a folder without it is not a cache
