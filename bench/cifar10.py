@@ -40,11 +40,12 @@ import yaml
 import common  # bench/common.py: run as a script, this folder is first on sys.path
 from search_vs_random import QUICK_SPACE, hv_of, normaliser
 
-ARMS = {  # name -> (sampler, fidelity)
-    "random": ("random", "none"),
-    "tpe": ("tpe", "none"),
-    "tpe-asha": ("tpe", "asha"),
-    "random-asha": ("random", "asha"),
+ARMS = {  # name -> (sampler, fidelity, rungs)
+    "random": ("random", "none", 3),
+    "tpe": ("tpe", "none", 3),
+    "tpe-asha": ("tpe", "asha", 3),
+    "random-asha": ("random", "asha", 3),
+    "tpe-asha-2rungs": ("tpe", "asha", 2),  # a longer lowest rung (1/3 of the float steps instead of 1/9)
 }
 CIFAR10 = common.SHARED / "data" / "cifar10"
 
@@ -54,13 +55,13 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace, root: Path, space: st
     """One search of ``arm`` with ``seed`` under the wall-clock budget; its whole candidates and HV curve."""
     from nas import results, search
 
-    sampler, fid = ARMS[arm]
+    sampler, fid, rungs = ARMS[arm]
     started_at = time.time()
     started = datetime.now()
     req = search.SearchRequest(constraints=common.CONSTRAINTS, space=space, dataset=dataset,
                                trials=search.TIMED_TRIALS, time_s=float(args.budget), started_at=started_at,
                                epochs=args.epochs, train_limit=args.train_limit, sampler=sampler, workers=1,
-                               seed=seed, fidelity=fid, run_dir=str(root / f"{arm}-seed{seed}"),
+                               seed=seed, fidelity=fid, rungs=rungs, run_dir=str(root / f"{arm}-seed{seed}"),
                                command=("bench/cifar10.py", arm, str(seed)))
     run_dir = search.create_run(req)
     outcome = search.execute(run_dir, workers=1)
@@ -152,7 +153,8 @@ def plot(out: dict[str, Any], path: Path) -> bool:
     if plt is None:
         return False
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {"random": "tab:gray", "tpe": "tab:blue", "tpe-asha": "tab:red", "random-asha": "tab:orange"}
+    colours = {"random": "tab:gray", "tpe": "tab:blue", "tpe-asha": "tab:red", "random-asha": "tab:orange",
+               "tpe-asha-2rungs": "tab:purple"}
     for r in out["runs"]:
         xs = [0.0] + [c["after_s"] for c in r["curve"]] + [r["wall_s"]]
         ys = [0.0] + [c["hypervolume"] for c in r["curve"]] + [r["final_hypervolume"]]
