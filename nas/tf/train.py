@@ -411,18 +411,27 @@ def _attempt(spec: ArchSpec, run: _Run, seed: int, timings: dict[str, float], x_
         epochs_run += len(h.get("loss", []))
         pretrain = metric_value(run.task, y_val, float_model.predict(x_val, verbose=0, batch_size=256))
         timings["float_train"] = time.perf_counter() - t0
+    model, val_metric, h = _qat_phase(run, float_model, 0 if p.float_epochs else p.warmup_steps, timings, x_val,
+                                      y_val)
+    history.update(h)
+    epochs_run += len(h.get("loss", []))
+    return model, val_metric, pretrain, epochs_run, {k: [float(v) for v in vs] for k, vs in history.items()}
+
+
+def _qat_phase(run: _Run, float_model: keras.Model, warmup: int, timings: dict[str, float], x_val: Any, y_val: Any
+               ) -> tuple[keras.Model, float, dict[str, list[float]]]:
+    """The QAT phase (after the float one, or alone): wrap the model, fine-tune it, score it on validation."""
+    p = run.plan
     t0 = time.perf_counter()
     model = builder.quantize(float_model)
     timings["quantize"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    h = run.fit(model, "qat", p.qat_epochs, p.qat_peak_lr, 0 if p.float_epochs else p.warmup_steps)
-    history.update(h)
-    epochs_run += len(h.get("loss", []))
+    h = run.fit(model, "qat", p.qat_epochs, p.qat_peak_lr, warmup)
     timings["qat_train"] = time.perf_counter() - t0
     val_metric = metric_value(run.task, y_val, model.predict(x_val, verbose=0, batch_size=256))
     if not math.isfinite(val_metric):
         raise TrainingError("the trained model predicts NaN")
-    return model, val_metric, pretrain, epochs_run, {k: [float(v) for v in vs] for k, vs in history.items()}
+    return model, val_metric, h
 
 
 def train_rung(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, rung: Rung, below: Rung | None, *,
@@ -488,19 +497,11 @@ def train_rung(spec: ArchSpec, dataset: data_mod.Dataset, budget: Budget, rung: 
     run = _Run(task=task, train_ds=train_ds, val_ds=val_ds, plan=p, classes=classes, chance=chance,
                patience=budget.patience, verbose=0, progress=progress, metric_name=name, attempt=1)
     run.counter[0] = rung.float_steps
-    t0 = time.perf_counter()
-    qat_model = builder.quantize(model)
-    timings["quantize"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
     try:
-        h = run.fit(qat_model, "qat", p.qat_epochs, p.qat_peak_lr, 0)
+        qat_model, val_metric, h = _qat_phase(run, model, 0, timings, x_val, dataset.val.y)
     except _Collapsed as c:
         raise TrainingError(f"training collapsed: {c}") from c
-    timings["qat_train"] = time.perf_counter() - t0
     history.update({k: [float(v) for v in vs] for k, vs in h.items()})
-    val_metric = metric_value(task, dataset.val.y, qat_model.predict(x_val, verbose=0, batch_size=256))
-    if not math.isfinite(val_metric):
-        raise TrainingError("the trained model predicts NaN")
     return Trained(model=qat_model, metric_name=name, higher_is_better=higher, val_metric=val_metric,
                    pretrain_val_metric=float_val, epochs_run=len(h.get("loss", [])), plan=p, history=history,
                    timings=timings, attempts=attempts, steps=steps + run.counter[0] - rung.float_steps)
